@@ -1,0 +1,102 @@
+"""What every stage works on: the run directory, its plan, manifest, config and options."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import backends
+from .errors import InputError
+from .manifest import Manifest
+from .progress import Reporter
+from .rundir import RunDir
+from .schema import Plan, load_plan
+
+log = logging.getLogger("storyboard")
+
+
+@dataclass
+class StageResult:
+    """What a stage did: beats generated, kept, failed; seconds; model loads."""
+
+    stage: str
+    done: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    loads: int = 0
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.done and not self.failed
+
+
+@dataclass
+class RunContext:
+    """One run directory opened for work (the caller holds its lock)."""
+
+    rd: RunDir
+    plan: Plan
+    manifest: Manifest
+    config: dict[str, Any]
+    reporter: Reporter = field(default_factory=Reporter)
+    force: set[int] = field(default_factory=set)
+    keep_going: bool = False
+    calls: Counter[str] = field(default_factory=Counter)
+    _backends: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: Path, config: dict[str, Any], **options: Any) -> RunContext:
+        """Read plan.json and run.json of `root` (validated)."""
+        rd = RunDir(root)
+        plan = load_plan(rd.plan)
+        manifest = Manifest.load(rd.manifest)
+        return cls(rd=rd, plan=plan, manifest=manifest, config=config, **options)
+
+    def backend(self, capability: str) -> Any:
+        """The configured backend for a capability (built once, loaded only when entered)."""
+        if capability not in self._backends:
+            self._backends[capability] = backends.create(capability, self.config.get(capability, {}))
+        return self._backends[capability]
+
+    def seed(self, number: int, salt: int = 0) -> int:
+        """Per-beat seed: the plan seed, the beat, forced takes and judge redraws."""
+        text = f"{self.plan.seed}:{number}:{self.manifest.take(number)}:{salt}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+    def check_beat_numbers(self, numbers: list[int], option: str) -> list[int]:
+        """InputError naming the valid beats if any number is out of range."""
+        valid = self.plan.beat_numbers
+        bad = [n for n in numbers if n not in valid]
+        if bad:
+            raise InputError(f"{option}: no beat {', '.join(map(str, bad))}; valid beats are 0-{valid[-1]} (0 is the hook)")
+        return numbers
+
+
+def parse_beat_list(text: str, last: int, option: str = "--regen-beats") -> set[int] | None:
+    """`5,7` / `all` / `none` → beat numbers; None means render only."""
+    value = text.strip().lower()
+    if value == "none":
+        return None
+    if value == "all":
+        return set(range(last + 1))
+    numbers: set[int] = set()
+    for part in value.split(","):
+        part = part.strip()
+        if "-" in part[1:]:
+            lo, _, hi = part.partition("-")
+            ok = lo.isdigit() and hi.isdigit()
+            chunk = set(range(int(lo), int(hi) + 1)) if ok else set()
+        else:
+            ok = part.isdigit()
+            chunk = {int(part)} if ok else set()
+        if not ok:
+            raise InputError(f"{option}: {part!r} is not a beat number; use e.g. 5,7 or 2-4, all, none; valid beats are 0-{last}")
+        numbers |= chunk
+    bad = sorted(n for n in numbers if n > last)
+    if bad:
+        raise InputError(f"{option}: no beat {', '.join(map(str, bad))}; valid beats are 0-{last} (0 is the hook)")
+    return numbers

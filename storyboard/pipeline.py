@@ -1,0 +1,151 @@
+"""`storyboard run`: plan → visual → judge → video → render on one run directory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .context import RunContext, StageResult, parse_beat_list
+from .errors import InputError, StageError
+from .formats import load_format
+from .judge import judge
+from .manifest import Manifest
+from .plan import make_plan, write_plan
+from .preflight import preflight
+from .profiles import resolve_config
+from .progress import Reporter
+from .render import render
+from .rundir import RunDir, RunLock, run_name
+from .video import video
+from .visual import visual
+
+log = logging.getLogger("storyboard")
+STAGES = ("visual", "judge", "video", "render")
+
+
+@dataclass
+class RunSummary:
+    """What `run` did, for people and for `--json`."""
+
+    run_dir: str
+    status: str = "ok"
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    final: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def create_run(idea: str, format_name: str, config: dict[str, Any], out: Path, seed: int = 0) -> Path:
+    """Plan a new idea under `out` (or reuse today's run of the same idea); returns its directory."""
+    load_format(format_name)  # unknown or broken format: fail before any directory exists
+    root = out / run_name(idea)
+    if (root / "plan.json").is_file():
+        log.info("plan: %s already has a plan; resuming", root)
+        return root
+    plan = make_plan(idea, format_name, config, seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with RunLock(root):
+        if not (root / "plan.json").is_file():
+            write_plan(RunDir(root), plan)
+    return root
+
+
+def saved_profile(root: Path) -> str | None:
+    """The profile a run directory was last run with."""
+    manifest = Manifest.load(root / "run.json")
+    return manifest.data.get("config", {}).get("profile")
+
+
+def run_stages(
+    root: Path,
+    config: dict[str, Any],
+    *,
+    regen: str | None = None,
+    keep_going: bool = False,
+    reporter: Reporter | None = None,
+    stages: tuple[str, ...] = STAGES,
+    only_beat: int | None = None,
+) -> RunSummary:
+    """Run `stages` on an existing run directory under its lock."""
+    started = time.monotonic()
+    summary = RunSummary(run_dir=str(root))
+    if not root.is_dir():
+        raise InputError(f"{root}: no such run directory")
+    with RunLock(root):
+        rd = RunDir(root)
+        rd.ensure()
+        for leftover in rd.clean_temporaries():
+            log.info("removed leftover temporary file %s", leftover.name)
+        ctx = RunContext.open(root, config, reporter=reporter or Reporter(), keep_going=keep_going)
+        ctx.manifest.data["config"] = config
+        force_render = False
+        if regen:
+            beats = parse_beat_list(regen, len(ctx.plan.beats))
+            if beats is None:
+                stages, force_render = ("render",), True
+            else:
+                ctx.force = beats
+                for number in sorted(beats):
+                    ctx.manifest.bump_take(number)
+                force_render = True
+        ctx.manifest.save()
+        preflight(ctx)
+        results: list[StageResult] = []
+        try:
+            for name in stages:
+                result = _run_one(ctx, name, force_render, only_beat)
+                results.append(result)
+                summary.stages[name] = {"done": sorted(result.done), "failed": result.failed, "seconds": round(result.seconds, 3), "loads": result.loads}
+                if result.failed:
+                    raise StageError(f"{name}: beats failed: " + "; ".join(f"{n}: {why}" for n, why in sorted(result.failed.items())))
+        finally:
+            summary.calls = dict(ctx.calls)
+            summary.seconds = round(time.monotonic() - started, 3)
+        if rd.final.is_file():
+            summary.final = str(rd.final)
+        if all(r.up_to_date for r in results):
+            summary.status = "up to date"
+    return summary
+
+
+def _run_one(ctx: RunContext, name: str, force_render: bool, only_beat: int | None) -> StageResult:
+    if name == "visual":
+        return visual(ctx, only_beat=only_beat)
+    if name == "judge":
+        return judge(ctx)
+    if name == "video":
+        return video(ctx)
+    if name == "render":
+        return render(ctx, force=force_render)
+    raise InputError(f"unknown stage {name!r}")
+
+
+def run(
+    idea: str | None = None,
+    directory: Path | None = None,
+    *,
+    format_name: str = "drama10",
+    profile: str | None = None,
+    out: Path = Path("outputs"),
+    regen: str | None = None,
+    keep_going: bool = False,
+    seed: int = 0,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    reporter: Reporter | None = None,
+) -> RunSummary:
+    """The whole pipeline for a new idea (`idea`) or an existing run (`directory`)."""
+    if (idea is None) == (directory is None):
+        raise InputError("give exactly one of --idea or --dir")
+    if directory is not None and profile is None:
+        profile = saved_profile(directory)
+    config = resolve_config(profile, overrides)
+    root = create_run(idea, format_name, config, out, seed) if idea is not None else directory
+    assert root is not None
+    return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter)

@@ -1,0 +1,49 @@
+"""Stage 1, plan: expand an idea into plan.json following a format."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .backends import create
+from .errors import InputError, StageError
+from .formats import load_format
+from .rundir import RunDir, write_text_atomic
+from .schema import Plan, parse_plan, plan_to_json
+
+log = logging.getLogger("storyboard")
+
+
+def make_plan(idea: str, format_name: str, config: dict, seed: int = 0) -> Plan:
+    """Ask the configured planner for a plan; invalid output is retried with the error, then reported."""
+    # 1. Check inputs.
+    if not idea.strip():
+        raise InputError("--idea: give a one-line idea, e.g. --idea \"a cat who wants to be a judge\"")
+    fmt = load_format(format_name)
+    settings = config.get("planner", {})
+    attempts = int(settings.get("retries", 2)) + 1
+    planner = create("planner", settings)
+    feedback = None
+    # 2. Generate and validate, feeding the validation error back on retries.
+    with planner:
+        for attempt in range(1, attempts + 1):
+            started = time.monotonic()
+            data = planner.plan(idea, fmt, seed, feedback=feedback)
+            try:
+                plan = parse_plan(data, source=f"{planner.name} planner output")
+            except InputError as error:
+                feedback = str(error)
+                log.warning("plan: attempt %d/%d was invalid: %s", attempt, attempts, feedback)
+                continue
+            if len(plan.beats) != len(fmt.beats):
+                feedback = f"expected {len(fmt.beats)} beats as in format {fmt.name}, got {len(plan.beats)}"
+                log.warning("plan: attempt %d/%d: %s", attempt, attempts, feedback)
+                continue
+            log.info("plan: %s wrote %d beats in %.1f s", planner.name, len(plan.beats), time.monotonic() - started)
+            return plan
+    raise StageError(f"plan: the {planner.name} planner gave no valid plan in {attempts} attempts; last problem:\n{feedback}")
+
+
+def write_plan(rd: RunDir, plan: Plan) -> None:
+    """Publish plan.json atomically."""
+    write_text_atomic(rd.plan, plan_to_json(plan))

@@ -1,0 +1,98 @@
+"""The loop every stage shares: decide what is stale, generate it, validate, publish, record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .context import RunContext, StageResult
+from .errors import StageError, StoryboardError
+from .keys import Inputs
+from .manifest import Freshness
+from .rundir import atomic_path
+
+log = logging.getLogger("storyboard")
+
+
+@dataclass
+class Item:
+    """One artifact a stage owns: where it goes, what it is made from, and its state."""
+
+    number: int
+    path: Path
+    inputs: Inputs
+    freshness: Freshness
+    rel: str
+    payload: Any = None
+
+
+def make_item(ctx: RunContext, number: int, path: Path, inputs: Inputs, payload: Any = None) -> Item:
+    """Build an Item, with its freshness read from the manifest."""
+    rel = ctx.rd.rel(path)
+    return Item(number, path, inputs, ctx.manifest.check(rel, path, inputs), rel, payload)
+
+
+def pending(ctx: RunContext, items: Iterable[Item]) -> list[Item]:
+    """Items to generate now; adopts orphan files and keeps the user's own files."""
+    todo = []
+    for item in items:
+        state = item.freshness.state
+        if item.number in ctx.force:
+            todo.append(item)
+        elif state == "adopted":
+            ctx.manifest.record(item.rel, item.path, item.inputs, backend="adopted")
+        elif state == "user":
+            ctx.manifest.keep_user_file(item.rel, item.path, item.inputs)
+        elif item.freshness.needs_work:
+            todo.append(item)
+    return todo
+
+
+def generate(
+    ctx: RunContext,
+    result: StageResult,
+    todo: list[Item],
+    make: Callable[[Item, Path], dict[str, Any]],
+    label: Callable[[Item], str],
+    workers: int = 1,
+) -> None:
+    """Run `make(item, tmp)` per item; publish atomically and record; honour --keep-going."""
+    if not todo:
+        return
+
+    def one(item: Item) -> None:
+        started = time.monotonic()
+        with atomic_path(item.path) as tmp:
+            extra = make(item, tmp)
+            if not tmp.is_file() or tmp.stat().st_size == 0:
+                raise StageError(f"{item.rel}: the backend wrote no data")
+        ctx.manifest.record(item.rel, item.path, item.inputs, seconds=round(time.monotonic() - started, 3), **extra)
+
+    with ctx.reporter.stage(result.stage, len(todo)) as advance:
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [(item, pool.submit(one, item)) for item in todo]
+                for item, future in futures:
+                    _collect(ctx, result, item, future.result, advance, label)
+        else:
+            for item in todo:
+                _collect(ctx, result, item, lambda item=item: one(item), advance, label)
+
+
+def _collect(ctx: RunContext, result: StageResult, item: Item, call: Callable[[], None], advance: Callable[[str], None], label: Callable[[Item], str]) -> None:
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - one beat's failure must not lose the others
+        message = str(error) if isinstance(error, StoryboardError) else f"{type(error).__name__}: {error}"
+        result.failed[item.number] = message
+        log.error("%s: beat %d failed: %s", result.stage, item.number, message)
+        if not ctx.keep_going:
+            raise StageError(f"{result.stage}: beat {item.number} failed: {message}") from None
+    else:
+        result.done.append(item.number)
+    advance(label(item))

@@ -1,0 +1,168 @@
+"""Stage 4, video: speech for every speaking beat (hook narrator first), then one clip per beat."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .backends import ClipRequest, VoiceSpec
+from .context import RunContext, StageResult
+from .errors import StageError
+from .keys import Inputs, file_hash
+from .media import decode_audio, probe, speech_span, wav_duration
+from .produce import Item, generate, make_item, pending
+
+STAGE_VERSION = 1
+
+
+def speaking(ctx: RunContext, number: int) -> tuple[str, str] | None:
+    """(cast id, line) voiced in beat `number`, or None for a silent beat."""
+    if number == 0:
+        return ctx.plan.hook.narrator, ctx.plan.hook.narrator_line
+    beat = ctx.plan.beat(number)
+    return (beat.speaker, beat.line) if beat.renderer == "a2v" and beat.speaker else None
+
+
+def audio_inputs(ctx: RunContext, number: int) -> Inputs:
+    """What a take of speech is made from."""
+    who, line = speaking(ctx, number)  # type: ignore[misc]
+    member = ctx.plan.cast[who]
+    return {
+        "stage": STAGE_VERSION,
+        "backend": ctx.backend("tts").identity(),
+        "line": line,
+        "language": ctx.plan.language,
+        "voice": {"voice": member.voice, "pitch": member.voice_pitch, "speed": member.voice_speed},
+        "seed": ctx.seed(number),
+    }
+
+
+def audio_items(ctx: RunContext) -> list[Item]:
+    """Every speech file with its freshness."""
+    return [make_item(ctx, n, ctx.rd.audio(n), audio_inputs(ctx, n)) for n in ctx.plan.beat_numbers if speaking(ctx, n)]
+
+
+def speech_seconds(ctx: RunContext, number: int) -> float | None:
+    """Measured length of beat `number`'s speech (None if silent or not voiced yet)."""
+    path = ctx.rd.audio(number)
+    if not speaking(ctx, number) or not path.is_file():
+        return None
+    return wav_duration(path)
+
+
+def clip_seconds(ctx: RunContext, number: int) -> float:
+    """max(planned, speech + tail), rounded up to a whole frame: speech is never cut."""
+    render = ctx.config.get("render", {})
+    planned = ctx.plan.hook.duration_sec if number == 0 else ctx.plan.beat(number).duration_sec
+    tail = float(render.get("hook_tail_sec", 0.6) if number == 0 else render.get("speech_tail_sec", 0.4))
+    speech = speech_seconds(ctx, number)
+    seconds = max(planned, speech + tail) if speech is not None else planned
+    return math.ceil(round(seconds * ctx.plan.fps, 6)) / ctx.plan.fps
+
+
+def _hash_or_none(path: Path | None) -> str | None:
+    return file_hash(path) if path is not None and path.is_file() else None
+
+
+def clip_inputs(ctx: RunContext, number: int) -> Inputs:
+    """What a clip is made from, upstream file hashes included."""
+    plan = ctx.plan
+    backend = ctx.backend("video")
+    beat_type = plan.beat_type(number)
+    renderer = "a2v" if number == 0 else plan.beat(number).renderer
+    inputs: Inputs = {
+        "stage": STAGE_VERSION,
+        "backend": backend.identity(),
+        "renderer": renderer,
+        "image": _hash_or_none(ctx.rd.image(number, beat_type)),
+        "audio": _hash_or_none(ctx.rd.audio(number)) if speaking(ctx, number) else None,
+        "duration": clip_seconds(ctx, number),
+        "fps": plan.fps,
+        "size": [plan.width, plan.height],
+        "seed": ctx.seed(number),
+        "action": "" if number == 0 else plan.beat(number).action,
+    }
+    if renderer == "sfx" and backend.sfx_from_previous:
+        inputs["previous_clip"] = _hash_or_none(ctx.rd.clip(number - 1, plan.beat_type(number - 1)))
+    return inputs
+
+
+def clip_items(ctx: RunContext) -> list[Item]:
+    """Every clip with its freshness."""
+    return [make_item(ctx, n, ctx.rd.clip(n, ctx.plan.beat_type(n)), clip_inputs(ctx, n)) for n in ctx.plan.beat_numbers]
+
+
+def _speak(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+    voice = VoiceSpec(**item.inputs["voice"])
+    ctx.calls["tts.speak"] += 1
+    backend.speak(item.inputs["line"], voice, item.inputs["language"], item.inputs["seed"], tmp)
+    seconds = wav_duration(tmp)
+    if seconds < 0.2 or speech_span(decode_audio(tmp), 16000) is None:
+        raise StageError(f"TTS produced no audible speech ({seconds:.2f} s)")
+    return {"backend": backend.name, "seconds_of_speech": round(seconds, 3)}
+
+
+def _animate(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+    plan, n = ctx.plan, item.number
+    audio = ctx.rd.audio(n) if item.inputs["audio"] else None
+    previous = ctx.rd.clip(n - 1, plan.beat_type(n - 1)) if "previous_clip" in item.inputs else None
+    prompt = plan.hook.image_prompt if n == 0 else f"{plan.beat(n).image_prompt}. {plan.beat(n).action}"
+    request = ClipRequest(
+        number=n, renderer=item.inputs["renderer"], image=ctx.rd.image(n, plan.beat_type(n)), audio=audio,
+        duration=item.inputs["duration"], width=plan.width, height=plan.height, fps=plan.fps,
+        seed=item.inputs["seed"], prompt=prompt, previous_clip=previous,
+    )
+    if request.image is None or not request.image.is_file():
+        raise StageError(f"no image for beat {n}; run `storyboard visual` first")
+    ctx.calls["video.animate"] += 1
+    backend.animate(request, tmp)
+    check_clip(tmp, request)
+    return {"backend": backend.name}
+
+
+def check_clip(path: Path, request: ClipRequest) -> None:
+    """The clip has video of the requested length and audio that holds all the speech."""
+    info = probe(path)
+    if info.video_duration is None:
+        raise StageError("clip has no video stream")
+    if info.video_duration + 1.5 / request.fps < request.duration:
+        raise StageError(f"clip is {info.video_duration:.2f} s, requested {request.duration:.2f} s")
+    if request.audio is not None:
+        speech = wav_duration(request.audio)
+        if info.audio_duration is None or info.audio_duration + 0.05 < speech:
+            raise StageError(f"clip audio {info.audio_duration or 0:.2f} s would cut {speech:.2f} s of speech")
+
+
+def video(ctx: RunContext) -> StageResult:
+    """Voice every stale speaking beat, then animate every stale clip; one load per model."""
+    result = StageResult("video")
+    started = time.monotonic()
+    figures: dict[str, Any] = {}
+    # 1. Speech first: its measured length sets each clip's length.
+    todo = pending(ctx, audio_items(ctx))
+    if todo:
+        tts = ctx.backend("tts")
+        load_started = time.monotonic()
+        with tts:
+            ctx.calls["tts.load"] += 1
+            result.loads += 1
+            figures["tts_load_s"] = round(time.monotonic() - load_started, 3)
+            generate(ctx, result, todo, lambda item, tmp: _speak(ctx, tts, item, tmp), lambda item: f"voice {item.number:02d}")
+    # 2. Clips, whose keys include the speech and image hashes.
+    todo = pending(ctx, clip_items(ctx))
+    if todo:
+        backend = ctx.backend("video")
+        workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
+        load_started = time.monotonic()
+        with backend:
+            ctx.calls["video.load"] += 1
+            result.loads += 1
+            figures["video_load_s"] = round(time.monotonic() - load_started, 3)
+            generate(ctx, result, todo, lambda item, tmp: _animate(ctx, backend, item, tmp), lambda item: f"clip {item.number:02d}", workers=workers)
+    if result.done or result.failed:
+        result.seconds = time.monotonic() - started
+        ctx.manifest.record_stage("video", {**figures, "seconds": round(result.seconds, 3), "beats": sorted(set(result.done))})
+    return result
