@@ -9,6 +9,7 @@ from dataclasses import dataclass
 MAX_WIDTH = 28
 _SENTENCE_END = re.compile(r"(?<=[。．！？])|(?<=[.!?])(?=\s|$)")
 _CJK_BREAK_AFTER = "、，,；;：:"
+_NO_LINE_START = "。．！？、，）」』〉》ー…"  # kinsoku: these never open a chunk
 
 
 def display_width(text: str) -> int:
@@ -40,12 +41,12 @@ def _pieces(sentence: str, limit: int) -> list[str]:
     pieces, current = [], ""
     for ch in sentence:
         if current and display_width(current + ch) > limit:
-            pieces.append(current)
-            current = ""
+            cut = max(current.rfind(b) for b in _CJK_BREAK_AFTER) + 1
+            if cut * 3 < len(current):  # no comma late enough: break between characters
+                cut = len(current) - (1 if ch in _NO_LINE_START else 0)
+            pieces.append(current[:cut])
+            current = current[cut:]
         current += ch
-        if ch in _CJK_BREAK_AFTER and display_width(current) >= limit // 2:
-            pieces.append(current)
-            current = ""
     return pieces + ([current] if current else [])
 
 
