@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 log = logging.getLogger("storyboard")
 T = TypeVar("T")

@@ -38,7 +38,17 @@ def font_candidates() -> tuple[Path, ...]:
     if shutil.which("fc-list"):
         out = subprocess.run(["fc-list", "--format", "%{file}\n"], capture_output=True, text=True, timeout=30).stdout
         system = [Path(line) for line in out.splitlines() if Path(line).suffix.lower() in _FONT_SUFFIXES]
-    return tuple(shipped + sorted(set(system), key=_preference))
+    return tuple(shipped + sorted(set(system), key=_preference) + bundled_fonts())
+
+
+def bundled_fonts() -> list[Path]:
+    """Fonts that ship as Python packages: Noto Sans CJK covers Latin, kana, hanzi and hangul."""
+    try:
+        import noto_cjk_sans_jp_bold
+
+        return [Path(str(noto_cjk_sans_jp_bold.FONT_PATH))]
+    except ImportError:
+        return []
 
 
 @functools.lru_cache(maxsize=64)

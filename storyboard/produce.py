@@ -88,6 +88,8 @@ def _collect(ctx: RunContext, result: StageResult, item: Item, call: Callable[[]
     try:
         call()
     except Exception as error:  # noqa: BLE001 - one beat's failure must not lose the others
+        if _caused_by_interrupt(error):
+            raise KeyboardInterrupt from error
         message = str(error) if isinstance(error, StoryboardError) else f"{type(error).__name__}: {error}"
         result.failed[item.number] = message
         log.error("%s: beat %d failed: %s", result.stage, item.number, message)
@@ -96,3 +98,13 @@ def _collect(ctx: RunContext, result: StageResult, item: Item, call: Callable[[]
     else:
         result.done.append(item.number)
     advance(label(item))
+
+
+def _caused_by_interrupt(error: BaseException) -> bool:
+    """True when Ctrl-C was masked by an error raised while unwinding (e.g. in a file's close)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__ or seen.__cause__
+    return False

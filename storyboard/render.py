@@ -18,7 +18,6 @@ from .ffmpeg import filter_value, run_ffmpeg
 from .fonts import find_font
 from .keys import Inputs, file_hash
 from .media import decode_audio, probe, speech_span
-from .resources import assets_dir
 from .rundir import atomic_path, write_text_atomic
 from .subtitles import Cue, pack, time_chunks, write_ass, write_srt
 
@@ -171,10 +170,9 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
     hook_end = segments[0].duration
     write_text_atomic(ctx.rd.subs_ass, write_ass(cues, plan.hook.title_overlay, hook_end, plan.width, plan.height, font.family))
     write_text_atomic(ctx.rd.subs_srt, write_srt(cues))
-    shipped_fonts = assets_dir() / "fonts"
+    # libass finds system fonts through fontconfig; shipped and bundled ones through fontsdir.
     graph = filter_graph(
-        segments, plan.width, plan.height, plan.fps, ctx.rd.subs_ass.name,
-        shipped_fonts if shipped_fonts.is_dir() else None, float(settings.get("loudness_lufs", -14)),
+        segments, plan.width, plan.height, plan.fps, ctx.rd.subs_ass.name, font.path.parent, float(settings.get("loudness_lufs", -14)),
     )
     with ctx.reporter.stage("render", 1) as advance, atomic_path(ctx.rd.final) as tmp:
         args: list[str] = []

@@ -14,7 +14,6 @@ from .context import RunContext
 from .errors import StageError
 from .fonts import find_font
 
-
 _REDO = ("stale", "missing")
 
 

@@ -1,0 +1,95 @@
+"""Offline backends produce real media: cards at size, distinct voices, clips of the right length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storyboard.backends import ClipRequest, ImageRequest, VoiceSpec, available, create
+from storyboard.backends.kenburns import KenBurns
+from storyboard.backends.piper_tts import PiperTTS
+from storyboard.errors import InputError, PreflightError
+from storyboard.media import decode_audio, probe, speech_span, wav_duration
+
+
+def test_registry_lists_offline_backends() -> None:
+    assert "template" in available("planner") and "card" in available("image")
+    with pytest.raises(InputError, match="available: .*card"):
+        create("image", {"backend": "nope"})
+
+
+def test_card_draws_at_requested_size_and_seed_changes_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    card = create("image", {"backend": "card"})
+    outs = []
+    for seed in (1, 2):
+        request = ImageRequest(number=3, beat_type="refusal", prompt="Mr. Grant, arms crossed", width=320, height=480,
+                               seed=seed, quality="draft", setting="an office", characters=["Mr. Grant", "Mia"],
+                               caption="Mr. Grant, arms crossed — 猫")
+        out = tmp_path / f"c{seed}.png"
+        card.draw(request, out)
+        with Image.open(out) as img:
+            assert img.size == (320, 480)
+            outs.append(np.asarray(img))
+    assert not np.array_equal(outs[0], outs[1])
+
+
+def _pitch(samples: np.ndarray, rate: int) -> float:
+    """Median F0 over voiced frames (YIN: first dip of the cumulative-mean-normalised difference)."""
+    frame, estimates = int(0.05 * rate), []
+    lo, hi = rate // 400, rate // 50
+    for start in range(0, len(samples) - frame - hi, frame // 2):
+        x = samples[start:start + frame + hi]
+        if np.sqrt(np.mean(x[:frame] ** 2)) < 0.03:
+            continue
+        d = np.array([np.sum((x[:frame] - x[tau:tau + frame]) ** 2) for tau in range(hi)])
+        cmnd = d[1:] * np.arange(1, hi) / np.maximum(np.cumsum(d[1:]), 1e-12)
+        below = np.flatnonzero(cmnd[lo:] < 0.15)
+        if below.size:
+            estimates.append(rate / (lo + below[0] + 1))
+    return float(np.median(estimates))
+
+
+def test_piper_voices_differ_by_cast_member(tmp_path: Path) -> None:
+    tts = PiperTTS({})
+    pitches = {}
+    with tts:
+        for name, spec in {"low": VoiceSpec("joe", -4.0, 0.95), "high": VoiceSpec("joe", 4.0, 1.05)}.items():
+            out = tmp_path / f"{name}.wav"
+            tts.speak("Rules are rules, and the answer is no.", spec, "en", 0, out)
+            info = probe(out)
+            assert (info.sample_rate, info.channels) == (48000, 2)
+            assert 1.0 < wav_duration(out) < 6.0
+            pitches[name] = _pitch(decode_audio(out, 16000), 16000)
+    assert tts.loads == 1  # one voice model load for both lines
+    assert pitches["high"] / pitches["low"] > 1.2  # 8 semitones apart nominally; takes vary
+
+
+def test_missing_piper_voice_names_the_fix() -> None:
+    with pytest.raises(PreflightError, match="piper voice 'nobody' not found"):
+        PiperTTS({}).model_path("nobody")
+
+
+@pytest.mark.parametrize("with_audio", [True, False])
+def test_kenburns_clip_lasts_its_duration(tmp_path: Path, with_audio: bool) -> None:
+    from PIL import Image
+
+    image = tmp_path / "b.png"
+    Image.effect_noise((128, 192), 60).convert("RGB").save(image)
+    audio = None
+    if with_audio:
+        tts = PiperTTS({})
+        audio = tmp_path / "a.wav"
+        with tts:
+            tts.speak("Hello there.", VoiceSpec("joe"), "en", 0, audio)
+    request = ClipRequest(number=1, renderer="a2v", image=image, audio=audio, duration=2.5, width=128, height=192, fps=24, seed=5, prompt="")
+    out = tmp_path / "c.mp4"
+    KenBurns({"workers": 1}).animate(request, out)
+    info = probe(out)
+    assert (info.width, info.height, info.frames) == (128, 192, 60)
+    assert abs(info.audio_duration - 2.5) < 0.05
+    span = speech_span(decode_audio(out), 16000)
+    assert (span is not None) == with_audio
