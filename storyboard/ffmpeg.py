@@ -40,9 +40,9 @@ def filter_value(value: str) -> str:
     return "".join("\\" + ch if ch in "\\'[],;" else ch for ch in quoted)
 
 
-def run_ffmpeg(args: list[str], *, cwd: Path | None = None, timeout: float = DEFAULT_TIMEOUT_S, what: str = "ffmpeg") -> None:
-    """Run ffmpeg with `args`; raise StageError with the end of stderr if it fails or hangs."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error", *args]
+def run_ffmpeg(args: list[str], *, cwd: Path | None = None, timeout: float = DEFAULT_TIMEOUT_S, what: str = "ffmpeg", loglevel: str = "error") -> str:
+    """Run ffmpeg with `args`; return its stderr; raise StageError with the end of stderr if it fails or hangs."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", loglevel, *args]
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -59,3 +59,4 @@ def run_ffmpeg(args: list[str], *, cwd: Path | None = None, timeout: float = DEF
     if proc.returncode != 0:
         tail = err.decode("utf-8", "replace")[-_STDERR_TAIL:].strip()
         raise StageError(f"{what}: ffmpeg exited with code {proc.returncode}:\n{tail}")
+    return err.decode("utf-8", "replace")

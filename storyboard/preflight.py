@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PreflightError, StoryboardError
 from .ffmpeg import ffmpeg_exe
-from .fonts import find_font
+from .fonts import find_fonts
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -56,10 +56,10 @@ def check_ffmpeg() -> Check:
 def check_font(text: str = "Storyboard 0123456789") -> Check:
     """A font covers the text that will be burned in."""
     try:
-        font = find_font(text)
+        fonts = find_fonts(text)
     except PreflightError as error:
         return Check("font", False, str(error), "add a covering .ttf/.otf to assets/fonts/")
-    return Check("font", True, f"{font.family} ({font.path})")
+    return Check("font", True, " + ".join(f"{f.family} ({f.path})" for f in fonts.fonts))
 
 
 def check_gpu(required: bool) -> Check:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import re
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,16 +18,19 @@ import numpy as np
 from . import video as video_stage
 from .context import RunContext, StageResult
 from .errors import StageError
-from .ffmpeg import filter_value, run_ffmpeg
-from .fonts import find_font
+from .ffmpeg import run_ffmpeg
+from .fonts import FontSet, find_fonts
+from .graph import Music, Piece, final_graph, inputs_args, measure_graph, parse_loudnorm
 from .keys import Inputs, file_hash
 from .media import decode_audio, probe, speech_span
+from .resources import assets_dir
 from .rundir import atomic_path, write_text_atomic
 from .subtitles import Cue, pack, time_chunks, write_ass, write_srt
 
 log = logging.getLogger("storyboard")
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 SAMPLE_RATE = 48000
+AAC_SLACK_S = 0.03
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,8 @@ def _segments(ctx: RunContext) -> list[Segment]:
                     f"render: beat {n}'s clip carries {info.audio_duration or 0:.2f} s of audio but its speech lasts "
                     f"{speech[1]:.2f} s: the punchline would be cut; regenerate it with --regen-beats {n}"
                 )
-        seconds = max(info.video_duration, info.audio_duration or 0.0, speech[1] if speech else 0.0)
+        # AAC pads its last frame (~21-23 ms): that padding must not add a video frame; speech is exact.
+        seconds = max(info.video_duration, (info.audio_duration or 0.0) - AAC_SLACK_S, speech[1] if speech else 0.0)
         seconds = math.ceil(round(seconds * fps, 6)) / fps
         segments.append(Segment(n, clip, start, seconds, info.audio_duration is not None, speech, spoken[1] if spoken else ""))
         start += seconds
@@ -77,7 +85,7 @@ def _cues(segments: list[Segment]) -> list[Cue]:
     return cues
 
 
-def render_inputs(ctx: RunContext, segments: list[Segment], cues: list[Cue], font: str) -> Inputs:
+def render_inputs(ctx: RunContext, segments: list[Segment], cues: list[Cue], fonts: FontSet) -> Inputs:
     """What final.mp4 is made from."""
     return {
         "stage": STAGE_VERSION,
@@ -85,36 +93,41 @@ def render_inputs(ctx: RunContext, segments: list[Segment], cues: list[Cue], fon
         "durations": [s.duration for s in segments],
         "cues": [[round(c.start, 3), round(c.end, 3), c.text] for c in cues],
         "title": ctx.plan.hook.title_overlay,
-        "font": font,
+        "fonts": [f.family for f in fonts.fonts],
         "size": [ctx.plan.width, ctx.plan.height],
         "fps": ctx.plan.fps,
         "settings": ctx.config.get("render", {}),
     }
 
 
-def filter_graph(segments: list[Segment], width: int, height: int, fps: int, subs: str, fontsdir: Path | None, lufs: float) -> str:
-    """One pass: per clip scale/pad/fps/pixel format and 48 kHz stereo padded to length, then concat."""
-    parts = []
-    for i, seg in enumerate(segments):
-        d = f"{seg.duration:.6f}"
-        parts.append(
-            f"[{i}:v]fps={fps},scale={width}:{height}:force_original_aspect_ratio=decrease,"
-            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1,format=yuv420p,"
-            f"tpad=stop_mode=clone:stop_duration={d},trim=duration={d},setpts=PTS-STARTPTS[v{i}]"
-        )
-        source = f"[{i}:a]" if seg.has_audio else f"anullsrc=r={SAMPLE_RATE}:cl=stereo,"
-        parts.append(
-            f"{source}aresample={SAMPLE_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo,"
-            f"apad=whole_dur={d},atrim=duration={d},asetpts=PTS-STARTPTS[a{i}]"
-        )
-    joined = "".join(f"[v{i}][a{i}]" for i in range(len(segments)))
-    parts.append(f"{joined}concat=n={len(segments)}:v=1:a=1[vc][ac]")
-    sub_filter = "subtitles=filename=" + filter_value(subs)
-    if fontsdir is not None:
-        sub_filter += ":fontsdir=" + filter_value(str(fontsdir))
-    parts.append(f"[vc]{sub_filter}[vout]")
-    parts.append(f"[ac]loudnorm=I={lufs}:TP=-1.5:LRA=11,aresample={SAMPLE_RATE}[aout]")
-    return ";".join(parts)
+@contextlib.contextmanager
+def font_folder(fonts: FontSet) -> Iterator[Path]:
+    """One folder holding every chosen font, for libass's fontsdir (it falls back per glyph)."""
+    with tempfile.TemporaryDirectory(prefix="storyboard-fonts-") as folder:
+        for i, font in enumerate(fonts.fonts):
+            (Path(folder) / f"{i:02d}{font.path.suffix}").symlink_to(font.path)
+        yield Path(folder)
+
+
+def music_of(ctx: RunContext) -> Music | None:
+    """Background music from the profile: a path, or a file name in assets/bgm/; None when unset."""
+    settings = ctx.config.get("render", {})
+    name = settings.get("music")
+    if not name:
+        return None
+    path = Path(str(name)).expanduser()
+    if not path.is_absolute() and not path.is_file():
+        path = assets_dir() / "bgm" / str(name)
+    if not path.is_file():
+        raise StageError(f"render.music: {name!r} not found (give a path or a file in {assets_dir() / 'bgm'})")
+    return Music(path, float(settings.get("music_volume_db", -16.0)))
+
+
+def check_glyphs(stderr: str) -> None:
+    """libass says when no font had a glyph: fail naming the characters instead of drawing boxes."""
+    missing = sorted({chr(int(code, 16)) for code in re.findall(r"failed to find any fallback with glyph 0x([0-9A-Fa-f]+)", stderr)})
+    if missing:
+        raise StageError(f"render: no font could draw {''.join(missing)!r}; add a font covering them to assets/fonts/")
 
 
 def check_final(path: Path, segments: list[Segment], width: int, height: int, fps: int) -> dict[str, Any]:
@@ -155,9 +168,9 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
     # 1. Check inputs and lay out the beats.
     segments = _segments(ctx)
     cues = _cues(segments)
-    font = find_font(plan.hook.title_overlay + "".join(c.text for c in cues))
+    fonts = find_fonts(plan.hook.title_overlay + "".join(c.text for c in cues))
     # 2. Key: skip when final.mp4 is current.
-    inputs = render_inputs(ctx, segments, cues, font.family)
+    inputs = render_inputs(ctx, segments, cues, fonts)
     rel = ctx.rd.rel(ctx.rd.final)
     freshness = ctx.manifest.check(rel, ctx.rd.final, inputs)
     if not force and freshness.state == "fresh":
@@ -168,25 +181,29 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
         return result
     # 3. Subtitles are rewritten on every render; then one encode does everything.
     hook_end = segments[0].duration
-    write_text_atomic(ctx.rd.subs_ass, write_ass(cues, plan.hook.title_overlay, hook_end, plan.width, plan.height, font.family))
+    write_text_atomic(ctx.rd.subs_ass, write_ass(cues, plan.hook.title_overlay, hook_end, plan.width, plan.height, fonts.family))
     write_text_atomic(ctx.rd.subs_srt, write_srt(cues))
-    # libass finds system fonts through fontconfig; shipped and bundled ones through fontsdir.
-    graph = filter_graph(
-        segments, plan.width, plan.height, plan.fps, ctx.rd.subs_ass.name, font.path.parent, float(settings.get("loudness_lufs", -14)),
-    )
-    with ctx.reporter.stage("render", 1) as advance, atomic_path(ctx.rd.final) as tmp:
-        args: list[str] = []
-        for seg in segments:
-            args += ["-i", ctx.rd.rel(seg.clip)]
-        args += [
-            "-filter_complex", graph, "-map", "[vout]", "-map", "[aout]", "-r", str(plan.fps), "-fps_mode", "cfr",
+    pieces = [Piece(seg.duration, seg.has_audio) for seg in segments]
+    clips = [ctx.rd.rel(seg.clip) for seg in segments]
+    music = music_of(ctx)
+    lufs = float(settings.get("loudness_lufs", -14))
+    with ctx.reporter.stage("render", 1) as advance, font_folder(fonts) as fontsdir, atomic_path(ctx.rd.final) as tmp:
+        # Pass 1 (audio only, fast): measure loudness so pass 2 can normalise linearly.
+        measure = [*inputs_args(clips, music), "-filter_complex", measure_graph(pieces, music, lufs), "-map", "[out]", "-f", "null", "-"]
+        measured = parse_loudnorm(run_ffmpeg(measure, cwd=ctx.rd.root, what="render (loudness)", loglevel="info"))
+        # Pass 2: one encode does normalisation, concat, subtitles, title, music and loudness.
+        graph = final_graph(pieces, plan.width, plan.height, plan.fps, ctx.rd.subs_ass.name, fontsdir, music, lufs, measured)
+        args = [
+            *inputs_args(clips, music), "-filter_complex", graph, "-map", "[vout]", "-map", "[aout]", "-r", str(plan.fps), "-fps_mode", "cfr",
             "-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p", "-preset", str(settings.get("preset", "veryfast")),
             "-crf", str(settings.get("crf", 20)), "-c:a", "aac", "-b:a", "192k", "-ar", str(SAMPLE_RATE), "-ac", "2",
             "-movflags", "+faststart", tmp.name,
         ]
         ctx.calls["render.encode"] += 1
-        run_ffmpeg(args, cwd=ctx.rd.root, what="render")
+        stderr = run_ffmpeg(args, cwd=ctx.rd.root, what="render", loglevel="warning")
+        check_glyphs(stderr)
         figures = check_final(tmp, segments, plan.width, plan.height, plan.fps)
+        figures["loudness_in_lufs"] = measured.get("input_i")
         advance("final.mp4")
     result.done.append(-1)
     result.seconds = time.monotonic() - started

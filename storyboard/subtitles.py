@@ -50,20 +50,23 @@ def _pieces(sentence: str, limit: int) -> list[str]:
     return pieces + ([current] if current else [])
 
 
-def _join(a: str, b: str) -> str:
+def _join(a: str, b: str, sep: str | None = None) -> str:
+    """Join two pieces: `sep` inside a sentence; between sentences a space unless both sides are CJK."""
     if not a:
         return b
-    needs_space = a[-1].isascii() or b[0].isascii()
-    return f"{a} {b}" if needs_space and not (display_width(a[-1]) == 2 and display_width(b[0]) == 2) else a + b
+    if sep is None:
+        sep = "" if display_width(a[-1]) == 2 and display_width(b[0]) == 2 else " "
+    return a + sep + b
 
 
 def pack(line: str, limit: int = MAX_WIDTH) -> list[str]:
     """Greedy chunks of at most `limit` columns (a single word longer than that stays whole)."""
     chunks: list[str] = []
     for sentence in split_sentences(line):
+        sep = " " if _spaced(sentence) else ""
         current = ""
         for piece in _pieces(sentence, limit):
-            candidate = _join(current, piece)
+            candidate = _join(current, piece, sep)
             if current and display_width(candidate) > limit:
                 chunks.append(current)
                 current = piece

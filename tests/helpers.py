@@ -34,3 +34,38 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess
     """Run the real `storyboard` command in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "storyboard.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def make_clip(path: Path, *, fps: str, size: str, seconds: float, audio: tuple[int, int, float, int] | None) -> None:
+    """A tiny real clip: test pattern video; optional sine audio (rate, channels, seconds, frequency)."""
+    from storyboard.ffmpeg import run_ffmpeg
+
+    args = ["-f", "lavfi", "-i", f"testsrc2=s={size}:r={fps}:d={seconds}"]
+    if audio is not None:
+        rate, channels, audio_s, freq = audio
+        args += ["-f", "lavfi", "-i", f"sine=f={freq}:sample_rate={rate}:d={audio_s}", "-ac", str(channels), "-c:a", "aac"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_ffmpeg([*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast", str(path)])
+
+
+def make_wav(path: Path, seconds: float, freq: int = 1000, rate: int = 48000) -> None:
+    """A tone standing in for speech (loud from start to end)."""
+    from storyboard.ffmpeg import run_ffmpeg
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_ffmpeg(["-f", "lavfi", "-i", f"sine=f={freq}:sample_rate={rate}:d={seconds}", "-ac", "2", str(path)])
+
+
+def synthetic_plan(beats: list[dict], hook_s: float = 1.0, line: str = "Hello there.") -> dict:
+    """A small valid plan: a narrated hook and the given beats."""
+    return {
+        "idea": "test", "language": "en", "format": "drama10", "title": "Test title", "setting": "a room",
+        "cast": {"narrator": {"name": "Narrator", "appearance": "voice"}, "lead": {"name": "Mia", "appearance": "red hair"}},
+        "width": 256, "height": 384, "fps": 24,
+        "hook": {"title_overlay": "Test title", "narrator_line": line, "image_prompt": "Mia", "duration_sec": hook_s},
+        "beats": beats,
+    }
+
+
+def silent_beat(kind: str = "i2v", seconds: float = 1.0) -> dict:
+    return {"type": "pause", "renderer": kind, "image_prompt": "a room", "duration_sec": seconds}

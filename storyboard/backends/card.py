@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ..fonts import find_font
+from ..fonts import drawable, find_fonts
 from . import ImageRequest, register
 
 STAGE_LOOK_VERSION = 2
@@ -62,7 +62,7 @@ class CardRenderer:
             draw.line([(0, y), (w, y)], fill=tuple(int(a * (1 - t) + b * t) for a, b in zip(base, floor)))
 
         text = " ".join([request.prompt, request.expression, request.beat_type, *request.characters, request.caption])
-        font_path = find_font(text + "BEAT0123456789·").path
+        font_path = find_fonts(text + "BEAT0123456789·").path
         scale = h / 768
 
         def font(size: float) -> Any:
@@ -77,7 +77,7 @@ class CardRenderer:
             colour = _colour(who, 120)
             draw.ellipse([cx - r, top, cx + r, top + 2 * r], fill=colour, outline=(20, 20, 20), width=3)
             draw.rounded_rectangle([cx - int(1.3 * r), top + 2 * r + 6, cx + int(1.3 * r), horizon + int(0.8 * r)], radius=r // 2, fill=colour, outline=(20, 20, 20), width=3)
-            draw.text((cx, horizon + int(1.1 * r)), who, font=font(22), fill=(255, 255, 255), anchor="ma", stroke_width=2, stroke_fill=(0, 0, 0))
+            draw.text((cx, horizon + int(1.1 * r)), drawable(who, font_path), font=font(22), fill=(255, 255, 255), anchor="ma", stroke_width=2, stroke_fill=(0, 0, 0))
 
         # Header: beat number and type (kept inside the Ken Burns crop margin).
         margin = int(w * 0.08)
@@ -90,12 +90,12 @@ class CardRenderer:
         body_font = font(20)
         y = header_top + int(64 * scale)
         for paragraph in [request.caption, request.expression]:
-            for line in _wrap(draw, paragraph, body_font, w - 2 * margin)[:5]:
+            for line in _wrap(draw, drawable(paragraph, font_path), body_font, w - 2 * margin)[:5]:
                 draw.text((margin, y), line, font=body_font, fill=(240, 240, 240), stroke_width=1, stroke_fill=(0, 0, 0))
                 y += int(26 * scale)
             y += int(10 * scale)
         y = h - int(160 * scale)
-        for line in _wrap(draw, request.setting, font(16), w - 2 * margin)[:2]:
+        for line in _wrap(draw, drawable(request.setting, font_path), font(16), w - 2 * margin)[:2]:
             draw.text((margin, y), line, font=font(16), fill=(230, 230, 230), stroke_width=1, stroke_fill=(0, 0, 0))
             y += int(20 * scale)
         img.save(out, format="PNG")
