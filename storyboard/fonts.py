@@ -118,10 +118,14 @@ def find_fonts(text: str) -> FontSet:
     from fonts we hand to libass directly (its fallback from a fontconfig font never reaches them).
     Names the characters no font has."""
     needed = _needed(text)
-    table = _readable()
-    for path, cmap, family in table:
+    for path in font_candidates():  # cheap path: the first font that covers everything
+        try:
+            cmap, family = _coverage(path)
+        except Exception:  # noqa: BLE001 - an unreadable system font is skipped, not fatal
+            continue
         if needed <= cmap:
             return FontSet(FontChoice(path, family))
+    table = _readable()
     system = set(_system_fonts())
     own = [row for row in table if row[0] not in system] or table
     primary = max(own, key=lambda row: len(needed & row[1]))  # ties keep the preferred order

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,13 @@ SAMPLE_RATE = 48000
 
 @dataclass(frozen=True)
 class Piece:
-    """One clip as the graph sees it: its length in the final and whether it has sound."""
+    """One clip as the graph sees it: its length in the final, whether it has sound, and
+    which normalisation it needs (a clip already in the run's format skips the costly filters)."""
 
     duration: float
     has_audio: bool
+    conform: bool = True  # scale/pad/fps/pixel format needed
+    video_duration: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,14 @@ def video_chain(pieces: list[Piece], width: int, height: int, fps: int) -> list[
     parts = []
     for i, piece in enumerate(pieces):
         d = f"{piece.duration:.6f}"
-        parts.append(
-            f"[{i}:v]fps={fps},scale={width}:{height}:force_original_aspect_ratio=decrease,"
-            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1,format=yuv420p,"
-            f"tpad=stop_mode=clone:stop_duration={d},trim=duration={d},setpts=PTS-STARTPTS[v{i}]"
-        )
+        chain = []
+        if piece.conform:
+            chain += [f"fps={fps}", f"scale={width}:{height}:force_original_aspect_ratio=decrease",
+                      f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2", "setsar=1", "format=yuv420p"]
+        if piece.conform or piece.duration > piece.video_duration + 1e-3:
+            chain.append(f"tpad=stop_mode=clone:stop_duration={d}")  # hold the last frame while sound goes on
+        chain += [f"trim=duration={d}", "setpts=PTS-STARTPTS"]
+        parts.append(f"[{i}:v]{','.join(chain)}[v{i}]")
     parts.append("".join(f"[v{i}]" for i in range(len(pieces))) + f"concat=n={len(pieces)}:v=1:a=0[vc]")
     return parts
 
@@ -81,34 +86,49 @@ def inputs_args(clips: list[str], music: Music | None) -> list[str]:
     return args
 
 
-def measure_graph(pieces: list[Piece], music: Music | None, lufs: float) -> str:
-    """First loudness pass: the same audio mix, measured."""
-    return ";".join([*audio_chain(pieces, music), f"[mix]loudnorm=I={lufs}:TP=-1.5:LRA=11:print_format=json[out]"])
+def measure_graph(pieces: list[Piece], music: Music | None, level: str = "anull") -> str:
+    """A measuring pass: the same audio mix (after `level`), through the EBU R128 meter (no resampling to 192 kHz)."""
+    return ";".join([*audio_chain(pieces, music), f"[mix]{level},ebur128=peak=true:framelog=quiet[out]"])
 
 
-def parse_loudnorm(stderr: str) -> dict[str, str]:
-    """The JSON block loudnorm prints after a measuring pass."""
-    match = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", stderr)
-    if not match:
-        raise StageError("render: loudness measurement printed no result:\n" + stderr[-1500:])
-    return json.loads(match.group(0))
+def level_chain(gain_db: float, peak_db: float, ceiling_db: float) -> str:
+    """Linear gain, plus a limiter only where that gain would push peaks over `ceiling_db`."""
+    level = f"volume={gain_db:.2f}dB"
+    if peak_db + gain_db > ceiling_db:
+        level += f",alimiter=limit={10 ** (ceiling_db / 20):.4f}:level=false:latency=1"
+    return level
+
+
+@dataclass(frozen=True)
+class Loudness:
+    """Integrated loudness (LUFS) and true peak (dBFS) of the mix."""
+
+    integrated: float
+    true_peak: float
+
+    def gain_to(self, target: float) -> float:
+        """The linear gain that brings the mix to `target` (0 for silence)."""
+        return 0.0 if self.integrated <= -70 else target - self.integrated
+
+
+def parse_ebur128(stderr: str) -> Loudness:
+    """The summary the ebur128 filter prints when it ends."""
+    integrated = re.findall(r"I:\s+(-?[\d.]+|-inf) LUFS", stderr)
+    peak = re.findall(r"Peak:\s+(-?[\d.]+|-inf) dBFS", stderr)
+    if not integrated or not peak:
+        raise StageError("render: the loudness measurement printed no summary:\n" + stderr[-1500:])
+    return Loudness(float(integrated[-1]), float(peak[-1]))
 
 
 def final_graph(pieces: list[Piece], width: int, height: int, fps: int, subs: str, fontsdir: Path | None,
-                music: Music | None, lufs: float, measured: dict[str, str] | None) -> str:
-    """Second pass: normalised video with subtitles burned in; the mix normalised linearly to `lufs`."""
+                music: Music | None, level: str) -> str:
+    """The encode: normalised video with subtitles burned in; the mix through `level_chain`."""
     sub_filter = "subtitles=filename=" + filter_value(subs)
     if fontsdir is not None:
         sub_filter += ":fontsdir=" + filter_value(str(fontsdir))
-    loudnorm = f"loudnorm=I={lufs}:TP=-1.5:LRA=11"
-    if measured is not None and measured.get("input_i") not in ("-inf", "inf"):
-        loudnorm += (
-            f":measured_I={measured['input_i']}:measured_TP={measured['input_tp']}:measured_LRA={measured['input_lra']}"
-            f":measured_thresh={measured['input_thresh']}:offset={measured['target_offset']}:linear=true"
-        )
     return ";".join([
         *video_chain(pieces, width, height, fps),
         f"[vc]{sub_filter}[vout]",
         *audio_chain(pieces, music),
-        f"[mix]{loudnorm},aresample={SAMPLE_RATE}[aout]",
+        f"[mix]{level},aresample={SAMPLE_RATE}[aout]",
     ])

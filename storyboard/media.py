@@ -28,6 +28,7 @@ class MediaInfo:
     channels: int | None = None
     frames: int | None = None
     profile: str | None = None
+    sar: Fraction | None = None
 
     @property
     def duration(self) -> float:
@@ -61,6 +62,7 @@ def probe(path: Path) -> MediaInfo:
                 channels=audio.codec_context.channels if audio else None,
                 frames=video.frames if video else None,
                 profile=video.codec_context.profile if video else None,
+                sar=video.codec_context.sample_aspect_ratio if video else None,
             )
     except (av.error.FFmpegError, OSError) as error:
         raise StageError(f"{path}: not a readable media file ({error})") from None

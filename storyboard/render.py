@@ -20,8 +20,8 @@ from .context import RunContext, StageResult
 from .errors import StageError
 from .ffmpeg import run_ffmpeg
 from .fonts import FontSet, find_fonts
-from .graph import Music, Piece, final_graph, inputs_args, measure_graph, parse_loudnorm
-from .keys import Inputs, file_hash
+from .graph import Loudness, Music, Piece, final_graph, inputs_args, level_chain, measure_graph, parse_ebur128
+from .keys import Inputs, content_key, file_hash
 from .media import decode_audio, probe, speech_span
 from .resources import assets_dir
 from .rundir import atomic_path, write_text_atomic
@@ -44,6 +44,8 @@ class Segment:
     has_audio: bool
     speech: tuple[float, float] | None  # seconds from the segment start
     line: str
+    conform: bool = True
+    video_duration: float = 0.0
 
 
 def _segments(ctx: RunContext) -> list[Segment]:
@@ -72,7 +74,10 @@ def _segments(ctx: RunContext) -> list[Segment]:
         # AAC pads its last frame (~21-23 ms): that padding must not add a video frame; speech is exact.
         seconds = max(info.video_duration, (info.audio_duration or 0.0) - AAC_SLACK_S, speech[1] if speech else 0.0)
         seconds = math.ceil(round(seconds * fps, 6)) / fps
-        segments.append(Segment(n, clip, start, seconds, info.audio_duration is not None, speech, spoken[1] if spoken else ""))
+        conform = not (info.width == plan.width and info.height == plan.height and info.fps == fps
+                       and info.pix_fmt == "yuv420p" and info.sar in (None, 0, 1))
+        segments.append(Segment(n, clip, start, seconds, info.audio_duration is not None, speech, spoken[1] if spoken else "",
+                                conform, info.video_duration))
         start += seconds
     return segments
 
@@ -107,6 +112,29 @@ def font_folder(fonts: FontSet) -> Iterator[Path]:
         for i, font in enumerate(fonts.fonts):
             (Path(folder) / f"{i:02d}{font.path.suffix}").symlink_to(font.path)
         yield Path(folder)
+
+
+def loudness_level(ctx: RunContext, clips: list[str], pieces: list[Piece], music: Music | None, lufs: float, ceiling: float) -> tuple[str, float]:
+    """Measure the mix (audio only, fast) and return the level chain that brings it to `lufs`.
+    When the limiter has to catch peaks it costs loudness, so that case is measured once more."""
+
+    def measure(level: str) -> Loudness:
+        args = [*inputs_args(clips, music), "-filter_complex", measure_graph(pieces, music, level), "-map", "[out]", "-f", "null", "-"]
+        return parse_ebur128(run_ffmpeg(args, cwd=ctx.rd.root, what="render (loudness)", loglevel="info"))
+
+    key = content_key({"clips": [file_hash(ctx.rd.root / c) for c in clips], "pieces": [[p.duration, p.has_audio] for p in pieces],
+                       "music": [str(music.path), file_hash(music.path), music.volume_db] if music else None, "lufs": lufs, "ceiling": ceiling})
+    cached = ctx.manifest.data.get("loudness", {})
+    if cached.get("key") == key:  # same sound as last render (e.g. only subtitles changed): no measuring
+        return cached["level"], cached["gain"]
+    first = measure("anull")
+    gain = first.gain_to(lufs)
+    level = level_chain(gain, first.true_peak, ceiling)
+    if "alimiter" in level:
+        gain += lufs - measure(level).integrated
+        level = level_chain(gain, first.true_peak, ceiling)
+    ctx.manifest.data["loudness"] = {"key": key, "level": level, "gain": gain}
+    return level, gain
 
 
 def music_of(ctx: RunContext) -> Music | None:
@@ -183,16 +211,17 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
     hook_end = segments[0].duration
     write_text_atomic(ctx.rd.subs_ass, write_ass(cues, plan.hook.title_overlay, hook_end, plan.width, plan.height, fonts.family))
     write_text_atomic(ctx.rd.subs_srt, write_srt(cues))
-    pieces = [Piece(seg.duration, seg.has_audio) for seg in segments]
+    pieces = [Piece(seg.duration, seg.has_audio, seg.conform, seg.video_duration) for seg in segments]
     clips = [ctx.rd.rel(seg.clip) for seg in segments]
     music = music_of(ctx)
     lufs = float(settings.get("loudness_lufs", -14))
     with ctx.reporter.stage("render", 1) as advance, font_folder(fonts) as fontsdir, atomic_path(ctx.rd.final) as tmp:
         # Pass 1 (audio only, fast): measure loudness so pass 2 can normalise linearly.
-        measure = [*inputs_args(clips, music), "-filter_complex", measure_graph(pieces, music, lufs), "-map", "[out]", "-f", "null", "-"]
-        measured = parse_loudnorm(run_ffmpeg(measure, cwd=ctx.rd.root, what="render (loudness)", loglevel="info"))
+        t0 = time.monotonic()
+        level, gain = loudness_level(ctx, clips, pieces, music, lufs, float(settings.get("true_peak_db", -1.0)))
+        t1 = time.monotonic()
         # Pass 2: one encode does normalisation, concat, subtitles, title, music and loudness.
-        graph = final_graph(pieces, plan.width, plan.height, plan.fps, ctx.rd.subs_ass.name, fontsdir, music, lufs, measured)
+        graph = final_graph(pieces, plan.width, plan.height, plan.fps, ctx.rd.subs_ass.name, fontsdir, music, level)
         args = [
             *inputs_args(clips, music), "-filter_complex", graph, "-map", "[vout]", "-map", "[aout]", "-r", str(plan.fps), "-fps_mode", "cfr",
             "-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p", "-preset", str(settings.get("preset", "veryfast")),
@@ -202,8 +231,10 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
         ctx.calls["render.encode"] += 1
         stderr = run_ffmpeg(args, cwd=ctx.rd.root, what="render", loglevel="warning")
         check_glyphs(stderr)
+        t2 = time.monotonic()
         figures = check_final(tmp, segments, plan.width, plan.height, plan.fps)
-        figures["loudness_in_lufs"] = measured.get("input_i")
+        figures.update(measure_s=round(t1 - t0, 3), encode_s=round(t2 - t1, 3), check_s=round(time.monotonic() - t2, 3))
+        figures.update(gain_db=round(gain, 2))
         advance("final.mp4")
     result.done.append(-1)
     result.seconds = time.monotonic() - started
