@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,15 @@ class RunContext:
     force: set[int] = field(default_factory=set)
     keep_going: bool = False
     calls: Counter[str] = field(default_factory=Counter)
+    preflight: Callable[[RunContext], None] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
+    _checked: bool = False
+
+    def ready_for_work(self) -> None:
+        """Run the preflight once, just before the first expensive step (an up-to-date run skips it)."""
+        if not self._checked and self.preflight is not None:
+            self.preflight(self)
+        self._checked = True
 
     @classmethod
     def open(cls, root: Path, config: dict[str, Any], **options: Any) -> RunContext:

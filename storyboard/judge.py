@@ -50,6 +50,7 @@ def judge(ctx: RunContext) -> StageResult:
     todo = [n for n in ctx.plan.beat_numbers if verdicts.get(str(n), {}).get("key") != judge_key(ctx, n)]
     if not todo:
         return result
+    ctx.ready_for_work()
     # 3. Judge (and redraw) with each model loaded once for the stage.
     judge_backend = ctx.backend("judge")
     image_backend = ctx.backend("image")

@@ -83,7 +83,7 @@ def run_stages(
         rd.ensure()
         for leftover in rd.clean_temporaries():
             log.info("removed leftover temporary file %s", leftover.name)
-        ctx = RunContext.open(root, config, reporter=reporter or Reporter(), keep_going=keep_going)
+        ctx = RunContext.open(root, config, reporter=reporter or Reporter(), keep_going=keep_going, preflight=preflight)
         ctx.manifest.data["config"] = config
         force_render = False
         if regen:
@@ -96,7 +96,6 @@ def run_stages(
                     ctx.manifest.bump_take(number)
                 force_render = True
         ctx.manifest.save()
-        preflight(ctx)
         results: list[StageResult] = []
         try:
             for name in stages:

@@ -64,6 +64,7 @@ def generate(
     """Run `make(item, tmp)` per item; publish atomically and record; honour --keep-going."""
     if not todo:
         return
+    ctx.ready_for_work()
 
     def one(item: Item) -> None:
         started = time.monotonic()

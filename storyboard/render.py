@@ -207,6 +207,7 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
         ctx.manifest.keep_user_file(rel, ctx.rd.final, inputs)
         log.warning("render: final.mp4 was replaced by hand; kept (use --regen-beats none to re-render)")
         return result
+    ctx.ready_for_work()
     # 3. Subtitles are rewritten on every render; then one encode does everything.
     hook_end = segments[0].duration
     write_text_atomic(ctx.rd.subs_ass, write_ass(cues, plan.hook.title_overlay, hook_end, plan.width, plan.height, fonts.family))

@@ -144,6 +144,7 @@ def video(ctx: RunContext) -> StageResult:
     # 1. Speech first: its measured length sets each clip's length.
     todo = pending(ctx, audio_items(ctx))
     if todo:
+        ctx.ready_for_work()
         tts = ctx.backend("tts")
         load_started = time.monotonic()
         with tts:
@@ -154,6 +155,7 @@ def video(ctx: RunContext) -> StageResult:
     # 2. Clips, whose keys include the speech and image hashes.
     todo = pending(ctx, clip_items(ctx))
     if todo:
+        ctx.ready_for_work()
         backend = ctx.backend("video")
         workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
         load_started = time.monotonic()

@@ -109,6 +109,7 @@ def visual(ctx: RunContext, only_beat: int | None = None) -> StageResult:
     todo = pending(ctx, items(ctx, only))
     # 3. Generate, validate, publish, record — with one model load for all beats.
     if todo:
+        ctx.ready_for_work()
         backend = ctx.backend("image")
         load_started = time.monotonic()
         with backend:
