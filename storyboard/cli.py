@@ -44,6 +44,11 @@ def _guard(json_out: bool, action: Callable[[Reporter], T]) -> T:
     except KeyboardInterrupt:
         err.print("interrupted; finished beats are kept, rerun to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except OSError as error:  # disk full, permissions: a clean message, previous outputs intact
+        err.print(f"[bold red]error:[/] {error.strerror or error}: {error.filename or ''}", markup=True, highlight=False)
+        if json_out:
+            print(json.dumps({"status": "failed", "error": str(error), "exit_code": 1}))
+        raise typer.Exit(1) from None
 
 
 def _config(profile: str | None, root: Path | None = None, **overrides: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +200,33 @@ def render(
     Example: storyboard render outputs/<run>
     """
     _stage_command(("render",), directory, profile, json_out, regen="none" if force else None)
+
+
+@app.command()
+def batch(
+    ideas: Path = typer.Argument(..., help="Ideas file: one idea per line, or JSONL with idea, format, profile, seed.", dir_okay=False),
+    out_root: Path = typer.Option(Path("outputs"), "--out", "-o", help="Where the run directories go."),
+    format_name: str = typer.Option("drama10", "--format", "-f", help="Default format for plain-text lines."),
+    profile: str = ProfileOpt,
+) -> None:
+    """Make one short per idea, stage by stage across all of them (each model loads once per stage).
+
+    Keeps going past a failed idea; re-invoked, it redoes only what is missing. Prints a JSON
+    summary on stdout; exit 0 only if every idea succeeded.
+    Example: storyboard batch ideas.txt --out outputs/nightly
+    """
+    from .batch import run_batch
+
+    def action(reporter: Reporter) -> Any:
+        summary = run_batch(ideas, out_root, format_name=format_name, profile=profile, reporter=reporter)
+        print(json.dumps(summary, ensure_ascii=False))
+        if summary["status"] != "ok":
+            for failure in summary["failed"]:
+                err.print(f"failed: line {failure['line']} ({failure['idea']}): {failure['error']}", highlight=False)
+            raise typer.Exit(1)
+        return summary
+
+    _guard(True, action)
 
 
 @app.command()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,55 @@ class StageResult:
         return not self.done and not self.failed
 
 
+class BackendPool:
+    """Backends built once and loaded at most once per stage, shared by every run of a batch.
+
+    `loaded()` loads on first use; with `hold=True` (batches) the model stays loaded until
+    `release()` at the end of the stage, so the next run's beats reuse it."""
+
+    def __init__(self, config: dict[str, Any], hold: bool = False) -> None:
+        self.config = config
+        self.hold = hold
+        self.loads: Counter[str] = Counter()
+        self._made: dict[str, Any] = {}
+        self._open: dict[str, int] = {}
+
+    def get(self, capability: str) -> Any:
+        """The configured backend (built, not loaded)."""
+        if capability not in self._made:
+            self._made[capability] = backends.create(capability, self.config.get(capability, {}))
+        return self._made[capability]
+
+    @contextlib.contextmanager
+    def loaded(self, capability: str, calls: Counter[str]) -> Iterator[Any]:
+        """The backend with its model loaded (loading it only if it is not already)."""
+        backend = self.get(capability)
+        if capability not in self._open:
+            started = time.monotonic()
+            backend.__enter__()
+            self._open[capability] = 0
+            self.loads[capability] += 1
+            calls[f"{capability}.load"] += 1
+            log.info("%s: %s loaded in %.1f s", capability, backend.name, time.monotonic() - started)
+        self._open[capability] += 1
+        try:
+            yield backend
+        finally:
+            self._open[capability] -= 1
+            if not self.hold:
+                self._close(capability)
+
+    def _close(self, capability: str) -> None:
+        if capability in self._open and self._open[capability] == 0:
+            del self._open[capability]
+            self._made[capability].__exit__(None, None, None)
+
+    def release(self) -> None:
+        """Free every loaded model (end of a batch stage)."""
+        for capability in list(self._open):
+            self._close(capability)
+
+
 @dataclass
 class RunContext:
     """One run directory opened for work (the caller holds its lock)."""
@@ -48,8 +99,12 @@ class RunContext:
     keep_going: bool = False
     calls: Counter[str] = field(default_factory=Counter)
     preflight: Callable[[RunContext], None] | None = None
-    _backends: dict[str, Any] = field(default_factory=dict)
+    pool: BackendPool | None = None
     _checked: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pool is None:
+            self.pool = BackendPool(self.config)
 
     def ready_for_work(self) -> None:
         """Run the preflight once, just before the first expensive step (an up-to-date run skips it)."""
@@ -66,10 +121,14 @@ class RunContext:
         return cls(rd=rd, plan=plan, manifest=manifest, config=config, **options)
 
     def backend(self, capability: str) -> Any:
-        """The configured backend for a capability (built once, loaded only when entered)."""
-        if capability not in self._backends:
-            self._backends[capability] = backends.create(capability, self.config.get(capability, {}))
-        return self._backends[capability]
+        """The configured backend for a capability (built once; not loaded)."""
+        assert self.pool is not None
+        return self.pool.get(capability)
+
+    def loaded(self, capability: str) -> contextlib.AbstractContextManager[Any]:
+        """The backend with its model loaded, once per stage (per batch stage when pooled)."""
+        assert self.pool is not None
+        return self.pool.loaded(capability, self.calls)
 
     def seed(self, number: int, salt: int = 0) -> int:
         """Per-beat seed: the plan seed, the beat, forced takes and judge redraws."""

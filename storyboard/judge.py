@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -52,45 +53,38 @@ def judge(ctx: RunContext) -> StageResult:
         return result
     ctx.ready_for_work()
     # 3. Judge (and redraw) with each model loaded once for the stage.
-    judge_backend = ctx.backend("judge")
-    image_backend = ctx.backend("image")
-    image_loaded = False
-    with judge_backend, ctx.reporter.stage("judge", len(todo)) as advance:
-        ctx.calls["judge.load"] += 1
-        result.loads = 1
-        try:
-            for number in todo:
-                attempts = []
-                while True:
-                    inputs = visual.image_inputs(ctx, number)
-                    path = ctx.rd.image(number, inputs["type"])
-                    ctx.calls["judge.call"] += 1
-                    verdict = judge_backend.judge(path, visual.image_request(ctx, number, inputs))
-                    attempts.append({"seed": inputs["seed"], "ok": verdict.ok, "reason": verdict.reason})
-                    user_file = (ctx.manifest.entry(ctx.rd.rel(path)) or {}).get("user")
-                    if verdict.ok or len(attempts) > max_retries or user_file:
-                        break  # a file the user made is judged but never redrawn
-                    # A NO: redraw with the next seed, keep it only if it is a valid image.
-                    if not image_loaded:
-                        image_backend.__enter__()
-                        ctx.calls["image.load"] += 1
-                        image_loaded = True
-                    ctx.manifest.set_redraws(number, ctx.manifest.redraws(number) + 1)
-                    inputs = visual.image_inputs(ctx, number)
-                    item = make_item(ctx, number, path, inputs)
-                    with atomic_path(path) as tmp:
-                        extra = visual.draw_one(ctx, image_backend, item, tmp)
-                    ctx.manifest.record(item.rel, path, inputs, **extra)
-                flagged = not verdict.ok
-                if flagged:
-                    log.warning("judge: beat %d still fails after %d attempts (%s); accepted and flagged", number, len(attempts), verdict.reason)
-                verdicts[str(number)] = {"key": judge_key(ctx, number), "ok": verdict.ok, "flagged": flagged, "reason": verdict.reason, "attempts": attempts}
-                write_json_atomic(ctx.rd.judge, {"backend": judge_backend.identity(), "beats": verdicts})
-                result.done.append(number)
-                advance(f"beat {number:02d} {'ok' if verdict.ok else 'FLAGGED'}")
-        finally:
-            if image_loaded:
-                image_backend.__exit__(None, None, None)
+    image_backend = None
+    with contextlib.ExitStack() as stack:
+        judge_backend = stack.enter_context(ctx.loaded("judge"))
+        advance = stack.enter_context(ctx.reporter.stage("judge", len(todo)))
+        result.loads = ctx.calls["judge.load"]
+        for number in todo:
+            attempts = []
+            while True:
+                inputs = visual.image_inputs(ctx, number)
+                path = ctx.rd.image(number, inputs["type"])
+                ctx.calls["judge.call"] += 1
+                verdict = judge_backend.judge(path, visual.image_request(ctx, number, inputs))
+                attempts.append({"seed": inputs["seed"], "ok": verdict.ok, "reason": verdict.reason})
+                user_file = (ctx.manifest.entry(ctx.rd.rel(path)) or {}).get("user")
+                if verdict.ok or len(attempts) > max_retries or user_file:
+                    break  # a file the user made is judged but never redrawn
+                # A NO: redraw with the next seed, keep it only if it is a valid image.
+                if image_backend is None:
+                    image_backend = stack.enter_context(ctx.loaded("image"))
+                ctx.manifest.set_redraws(number, ctx.manifest.redraws(number) + 1)
+                inputs = visual.image_inputs(ctx, number)
+                item = make_item(ctx, number, path, inputs)
+                with atomic_path(path) as tmp:
+                    extra = visual.draw_one(ctx, image_backend, item, tmp)
+                ctx.manifest.record(item.rel, path, inputs, **extra)
+            flagged = not verdict.ok
+            if flagged:
+                log.warning("judge: beat %d still fails after %d attempts (%s); accepted and flagged", number, len(attempts), verdict.reason)
+            verdicts[str(number)] = {"key": judge_key(ctx, number), "ok": verdict.ok, "flagged": flagged, "reason": verdict.reason, "attempts": attempts}
+            write_json_atomic(ctx.rd.judge, {"backend": judge_backend.identity(), "beats": verdicts})
+            result.done.append(number)
+            advance(f"beat {number:02d} {'ok' if verdict.ok else 'FLAGGED'}")
     result.seconds = time.monotonic() - started
     ctx.manifest.record_stage("judge", {"seconds": round(result.seconds, 3), "beats": result.done})
     return result

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .context import RunContext, StageResult, parse_beat_list
+from .context import BackendPool, RunContext, StageResult, parse_beat_list
 from .errors import InputError, StageError
 from .formats import load_format
 from .judge import judge
@@ -63,6 +66,56 @@ def saved_profile(root: Path) -> str | None:
     return manifest.data.get("config", {}).get("profile")
 
 
+def open_run(root: Path, config: dict[str, Any], *, reporter: Reporter | None = None, keep_going: bool = False,
+             pool: BackendPool | None = None) -> RunContext:
+    """Open a run directory for work (call with its lock held): clean leftovers, read plan and manifest."""
+    rd = RunDir(root)
+    rd.ensure()
+    for leftover in rd.clean_temporaries():
+        log.info("removed leftover temporary file %s", leftover.name)
+    ctx = RunContext.open(root, config, reporter=reporter or Reporter(), keep_going=keep_going, preflight=preflight, pool=pool)
+    ctx.manifest.data["config"] = config
+    return ctx
+
+
+def stage_runner(ctx: RunContext, name: str, *, force_render: bool = False, only_beat: int | None = None,
+                 check_failures: bool = True) -> StageResult:
+    """Run one stage; with `check_failures`, beats that failed (under --keep-going) fail the stage."""
+    if name == "visual":
+        result = visual(ctx, only_beat=only_beat)
+    elif name == "judge":
+        result = judge(ctx)
+    elif name == "video":
+        result = video(ctx)
+    elif name == "render":
+        result = render(ctx, force=force_render)
+    else:
+        raise InputError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    if check_failures and result.failed:
+        raise StageError(f"{name}: beats failed: " + "; ".join(f"{n}: {why}" for n, why in sorted(result.failed.items())))
+    return result
+
+
+@contextlib.contextmanager
+def run_log(rd: RunDir) -> Iterator[Path]:
+    """Copy this process's storyboard log lines into logs/<time>-<pid>.log of the run."""
+    rd.logs.mkdir(parents=True, exist_ok=True)
+    path = rd.logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("storyboard")
+    logger.addHandler(handler)
+    level = logger.level
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
 def run_stages(
     root: Path,
     config: dict[str, Any],
@@ -78,13 +131,8 @@ def run_stages(
     summary = RunSummary(run_dir=str(root))
     if not root.is_dir():
         raise InputError(f"{root}: no such run directory")
-    with RunLock(root):
-        rd = RunDir(root)
-        rd.ensure()
-        for leftover in rd.clean_temporaries():
-            log.info("removed leftover temporary file %s", leftover.name)
-        ctx = RunContext.open(root, config, reporter=reporter or Reporter(), keep_going=keep_going, preflight=preflight)
-        ctx.manifest.data["config"] = config
+    with RunLock(root), run_log(RunDir(root)):
+        ctx = open_run(root, config, reporter=reporter, keep_going=keep_going)
         force_render = False
         if regen:
             beats = parse_beat_list(regen, len(ctx.plan.beats))
@@ -99,7 +147,7 @@ def run_stages(
         results: list[StageResult] = []
         try:
             for name in stages:
-                result = _run_one(ctx, name, force_render, only_beat)
+                result = stage_runner(ctx, name, force_render=force_render, only_beat=only_beat, check_failures=False)
                 results.append(result)
                 summary.stages[name] = {"done": sorted(result.done), "failed": result.failed, "seconds": round(result.seconds, 3), "loads": result.loads}
                 if result.failed:
@@ -107,23 +155,11 @@ def run_stages(
         finally:
             summary.calls = dict(ctx.calls)
             summary.seconds = round(time.monotonic() - started, 3)
-        if rd.final.is_file():
-            summary.final = str(rd.final)
+        if RunDir(root).final.is_file():
+            summary.final = str(RunDir(root).final)
         if all(r.up_to_date for r in results):
             summary.status = "up to date"
     return summary
-
-
-def _run_one(ctx: RunContext, name: str, force_render: bool, only_beat: int | None) -> StageResult:
-    if name == "visual":
-        return visual(ctx, only_beat=only_beat)
-    if name == "judge":
-        return judge(ctx)
-    if name == "video":
-        return video(ctx)
-    if name == "render":
-        return render(ctx, force=force_render)
-    raise InputError(f"unknown stage {name!r}")
 
 
 def run(

@@ -145,25 +145,20 @@ def video(ctx: RunContext) -> StageResult:
     todo = pending(ctx, audio_items(ctx))
     if todo:
         ctx.ready_for_work()
-        tts = ctx.backend("tts")
         load_started = time.monotonic()
-        with tts:
-            ctx.calls["tts.load"] += 1
-            result.loads += 1
+        with ctx.loaded("tts") as tts:
             figures["tts_load_s"] = round(time.monotonic() - load_started, 3)
             generate(ctx, result, todo, lambda item, tmp: _speak(ctx, tts, item, tmp), lambda item: f"voice {item.number:02d}")
     # 2. Clips, whose keys include the speech and image hashes.
     todo = pending(ctx, clip_items(ctx))
     if todo:
         ctx.ready_for_work()
-        backend = ctx.backend("video")
-        workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
         load_started = time.monotonic()
-        with backend:
-            ctx.calls["video.load"] += 1
-            result.loads += 1
+        with ctx.loaded("video") as backend:
+            workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
             figures["video_load_s"] = round(time.monotonic() - load_started, 3)
             generate(ctx, result, todo, lambda item, tmp: _animate(ctx, backend, item, tmp), lambda item: f"clip {item.number:02d}", workers=workers)
+    result.loads = ctx.calls["tts.load"] + ctx.calls["video.load"]
     if result.done or result.failed:
         result.seconds = time.monotonic() - started
         ctx.manifest.record_stage("video", {**figures, "seconds": round(result.seconds, 3), "beats": sorted(set(result.done))})

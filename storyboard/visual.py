@@ -110,11 +110,9 @@ def visual(ctx: RunContext, only_beat: int | None = None) -> StageResult:
     # 3. Generate, validate, publish, record — with one model load for all beats.
     if todo:
         ctx.ready_for_work()
-        backend = ctx.backend("image")
         load_started = time.monotonic()
-        with backend:
-            ctx.calls["image.load"] += 1
-            result.loads = 1
+        with ctx.loaded("image") as backend:
+            result.loads = ctx.calls["image.load"]
             load_s = time.monotonic() - load_started
             generate(ctx, result, todo, lambda item, tmp: draw_one(ctx, backend, item, tmp), lambda item: f"beat {item.number:02d}")
         result.seconds = time.monotonic() - started

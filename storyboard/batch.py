@@ -1,0 +1,128 @@
+"""`storyboard batch`: many ideas, stage-major, so each model loads once per stage for the whole batch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .context import BackendPool
+from .errors import InputError, StoryboardError
+from .pipeline import STAGES, create_run, open_run, run_log, stage_runner
+from .profiles import resolve_config
+from .progress import Reporter
+from .rundir import RunDir, RunLock
+
+log = logging.getLogger("storyboard")
+
+
+@dataclass
+class BatchItem:
+    """One line of the ideas file."""
+
+    idea: str
+    format: str = "drama10"
+    profile: str | None = None
+    seed: int = 0
+    line: int = 0
+
+
+@dataclass
+class BatchRun:
+    """What happened to one idea."""
+
+    idea: str
+    line: int
+    run_dir: str | None = None
+    status: str = "ok"
+    stages: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    final: str | None = None
+
+
+def read_ideas(path: Path, default_format: str, default_profile: str | None) -> list[BatchItem]:
+    """A text file (one idea per line, `#` comments) or JSONL (idea, format, profile, seed)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such ideas file")
+    items = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        if path.suffix == ".jsonl" or text.startswith("{"):
+            try:
+                data = json.loads(text)
+                items.append(BatchItem(str(data["idea"]), data.get("format", default_format), data.get("profile", default_profile),
+                                       int(data.get("seed", 0)), number))
+            except (ValueError, KeyError, TypeError) as error:
+                raise InputError(f"{path}: line {number}: not a JSON object with an 'idea' ({error})") from None
+        else:
+            items.append(BatchItem(text, default_format, default_profile, 0, number))
+    if not items:
+        raise InputError(f"{path}: no ideas in it")
+    return items
+
+
+def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: str | None = None,
+              reporter: Reporter | None = None) -> dict[str, Any]:
+    """Plan every idea, then run each stage across all runs with its model loaded once; keep going past failures."""
+    started = time.monotonic()
+    reporter = reporter or Reporter()
+    items = read_ideas(path, format_name, profile)
+    results = [BatchRun(item.idea, item.line) for item in items]
+    pools: dict[str, BackendPool] = {}
+    configs: dict[str, dict[str, Any]] = {}
+
+    def pool_for(item: BatchItem) -> tuple[dict[str, Any], BackendPool]:
+        key = item.profile or ""
+        if key not in pools:
+            configs[key] = resolve_config(item.profile)
+            pools[key] = BackendPool(configs[key], hold=True)
+        return configs[key], pools[key]
+
+    # 1. Plans (a failure here fails only that idea).
+    for item, result in zip(items, results):
+        t0 = time.monotonic()
+        try:
+            config, _ = pool_for(item)
+            result.run_dir = str(create_run(item.idea, item.format, config, out, item.seed))
+        except StoryboardError as error:
+            result.status, result.error = "failed", f"plan: {error}"
+            log.error("batch: line %d (%s): %s", item.line, item.idea, result.error)
+        result.stages["plan"] = round(time.monotonic() - t0, 3)
+    # 2. Stage-major: every run's visual, then every run's judge, ... each pool holds its model across runs.
+    calls: dict[str, int] = {}
+    for stage in STAGES:
+        for item, result in zip(items, results):
+            if result.status != "ok" or result.run_dir is None:
+                continue
+            config, pool = pool_for(item)
+            t0 = time.monotonic()
+            try:
+                root = Path(result.run_dir)
+                with RunLock(root), run_log(RunDir(root)):
+                    ctx = open_run(root, config, reporter=reporter, keep_going=True, pool=pool)
+                    stage_runner(ctx, stage, force_render=False, only_beat=None, check_failures=True)
+                    for name, count in ctx.calls.items():
+                        calls[name] = calls.get(name, 0) + count
+            except StoryboardError as error:
+                result.status, result.error = "failed", f"{stage}: {error}"
+                log.error("batch: %s: %s", result.run_dir, result.error)
+            result.stages[stage] = round(time.monotonic() - t0, 3)
+        for pool in pools.values():
+            pool.release()
+    for result in results:
+        final = Path(result.run_dir or ".") / "final.mp4"
+        result.final = str(final) if result.status == "ok" and final.is_file() else None
+    loads = {name: n for pool in pools.values() for name, n in pool.loads.items()}
+    return {
+        "status": "ok" if all(r.status == "ok" for r in results) else "failed",
+        "runs": [asdict(r) for r in results],
+        "failed": [{"line": r.line, "idea": r.idea, "error": r.error} for r in results if r.status != "ok"],
+        "loads": loads,
+        "calls": calls,
+        "seconds": round(time.monotonic() - started, 3),
+    }
