@@ -100,9 +100,9 @@ def check_keys() -> Check:
     return Check("api keys", True, ", ".join(present) + " set" if present else "none set (only needed for API backends)")
 
 
-def doctor(config: dict[str, Any], gpu_required: bool = False) -> list[Check]:
+def doctor(config: dict[str, Any]) -> list[Check]:
     """Everything `storyboard doctor` reports."""
-    return [check_ffmpeg(), check_font(), check_gpu(gpu_required), *check_backends(config), check_keys()]
+    return [check_ffmpeg(), check_font(), check_gpu(config.get("device") == "cuda"), *check_backends(config), check_keys()]
 
 
 def preflight(ctx: RunContext) -> None:
@@ -110,6 +110,8 @@ def preflight(ctx: RunContext) -> None:
     plan = ctx.plan
     text = plan.hook.title_overlay + plan.hook.narrator_line + "".join(b.line for b in plan.beats)
     checks = [check_ffmpeg(), check_font(text), *check_backends(ctx.config)]
+    if ctx.config.get("device") == "cuda":
+        checks.append(check_gpu(required=True))
     tts = ctx.backend("tts")
     if hasattr(tts, "model_path"):
         for cast_id, member in plan.cast.items():

@@ -12,6 +12,7 @@ from typing import Any
 
 from .context import RunContext, StageResult
 from .errors import StageError, StoryboardError
+from .ffmpeg import stop_all
 from .keys import Inputs
 from .manifest import Freshness
 from .rundir import atomic_path
@@ -76,10 +77,17 @@ def generate(
 
     with ctx.reporter.stage(result.stage, len(todo)) as advance:
         if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
                 futures = [(item, pool.submit(one, item)) for item in todo]
                 for item, future in futures:
                     _collect(ctx, result, item, future.result, advance, label)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                stop_all()  # workers' ffmpeg children die now; their temp files are removed as they unwind
+                pool.shutdown(wait=True)
+                raise
+            pool.shutdown(wait=True)
         else:
             for item in todo:
                 _collect(ctx, result, item, lambda item=item: one(item), advance, label)

@@ -24,8 +24,8 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run_copy(offline_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the session run, under a path with a space and a quote."""
-    target = tmp_path / "my run's dir" / offline_run.name
+    """A private copy of the session run, under a path with a space, a quote, a colon, % and non-ASCII."""
+    target = tmp_path / "my run's: 100% ünï dir" / offline_run.name
     shutil.copytree(offline_run, target)
     (target / ".lock.json").unlink(missing_ok=True)
     return target

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from storyboard.context import RunContext
 from storyboard.keys import file_hash
+from storyboard.rundir import RunDir
 
 
 def media_hashes(root: Path) -> dict[str, str]:
     """Hash of every media artifact in a run directory, by relative path."""
-    files = [*root.glob("beats/*.png"), *root.glob("audio/*.wav"), *root.glob("clips/*.mp4"), root / "final.mp4"]
+    files = [*root.glob("beats/beat_*.png"), *root.glob("audio/beat_*.wav"), *root.glob("clips/clip_*.mp4"), root / "final.mp4"]
     return {p.relative_to(root).as_posix(): file_hash(p) for p in files if p.is_file()}
 
 
@@ -69,3 +71,27 @@ def synthetic_plan(beats: list[dict], hook_s: float = 1.0, line: str = "Hello th
 
 def silent_beat(kind: str = "i2v", seconds: float = 1.0) -> dict:
     return {"type": "pause", "renderer": kind, "image_prompt": "a room", "duration_sec": seconds}
+
+
+HOLD_LOCK = (
+    "import sys, time; from pathlib import Path; from storyboard.rundir import RunLock\n"
+    "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n"
+)
+
+
+def mixed_run(root: Path, config: dict, *, hook_audio_s: float = 2.0, music: Path | None = None) -> RunContext:
+    """A run of hand-made clips in mixed fps, sizes, rates and channels, one without audio."""
+    rd = RunDir(root)
+    plan = synthetic_plan([silent_beat("i2v", 1.5), silent_beat("i2v", 1.2), {**silent_beat("sfx", 2.0), "type": "gavel"}])
+    rd.plan.parent.mkdir(parents=True, exist_ok=True)
+    rd.plan.write_text(json.dumps(plan))
+    make_wav(rd.audio(0), 1.5)  # the narrator's speech
+    make_clip(rd.clip(0, "hook"), fps="24", size="320x480", seconds=2.0, audio=(44100, 2, hook_audio_s, 1000))
+    make_clip(rd.clip(1, "pause"), fps="25", size="640x360", seconds=1.5, audio=(22050, 1, 1.5, 300))
+    make_clip(rd.clip(2, "pause"), fps="30000/1001", size="480x480", seconds=1.2, audio=None)
+    make_clip(rd.clip(3, "gavel"), fps="24", size="256x384", seconds=2.0, audio=(48000, 2, 2.5, 200))  # sound outlasts picture
+    if music is not None:
+        config = {**config, "render": {**config["render"], "music": str(music)}}
+    return RunContext.open(root, config)
+
+

@@ -1,6 +1,4 @@
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,8 +10,7 @@ import pytest
 from storyboard.errors import LockedError
 from storyboard.rundir import RunDir, RunLock, atomic_path, run_name, temp_path_for, write_json_atomic
 
-HOLD_LOCK = "import sys, time; from pathlib import Path; from storyboard.rundir import RunLock\n" \
-            "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n"
+from helpers import HOLD_LOCK
 
 
 def test_file_names_are_zero_padded_ascii(tmp_path: Path) -> None:
@@ -72,17 +69,6 @@ def test_second_process_is_refused_naming_the_holder(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
-
-
-def test_lock_of_a_killed_holder_is_taken_over(tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
-    with RunLock(tmp_path):
-        info = json.loads((tmp_path / ".lock.json").read_text())
-        assert info["pid"] == os.getpid()
-    assert not (tmp_path / ".lock.json").exists()
 
 
 def test_write_json_atomic_replaces_whole_file(tmp_path: Path) -> None:
