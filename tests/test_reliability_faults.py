@@ -81,6 +81,7 @@ def test_case_15_sigkill_in_each_stage_leaves_no_partial_file_and_reruns(run_cop
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_case_15_sigkill_soak_20_random_kills_then_every_final_is_whole(run_copy: Path, config: dict) -> None:
     from PIL import Image
 
@@ -91,8 +92,9 @@ def test_case_15_sigkill_soak_20_random_kills_then_every_final_is_whole(run_copy
     mine_bytes, plan_bytes = mine.read_bytes(), (run_copy / "plan.json").read_bytes()
     assert cli("run", "--dir", str(run_copy)).returncode == 0
     for i in range(20):
-        proc = start_run(run_copy, "--regen-beats", "0-4,6-10")  # everything but the user's beat
-        kill_during(proc, STAGE_MARKS[i % 4], rng.uniform(0.0, 1.5))
+        beats = rng.sample([0, 1, 2, 3, 4, 6, 7, 8, 9, 10], 4)  # never the user's beat 5
+        proc = start_run(run_copy, "--regen-beats", ",".join(map(str, beats)))
+        kill_during(proc, STAGE_MARKS[i % 4], rng.uniform(0.0, 0.6))
         assert_whole(run_copy)
         result = cli("run", "--dir", str(run_copy))
         assert result.returncode == 0, (i, result.stderr)
