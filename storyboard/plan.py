@@ -28,8 +28,8 @@ def make_plan(idea: str, format_name: str, config: dict, seed: int = 0) -> Plan:
     with planner:
         for attempt in range(1, attempts + 1):
             started = time.monotonic()
-            data = planner.plan(idea, fmt, seed, feedback=feedback)
             try:
+                data = planner.plan(idea, fmt, seed, feedback=feedback)
                 plan = parse_plan(data, source=f"{planner.name} planner output")
             except InputError as error:
                 feedback = str(error)

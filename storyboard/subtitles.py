@@ -101,19 +101,20 @@ def time_chunks(chunks: list[str], start: float, end: float) -> list[Cue]:
     return cues
 
 
+def _clock(seconds: float, ticks: int) -> tuple[int, int, int, int]:
+    """(hours, minutes, seconds, fraction in 1/ticks s), never negative."""
+    total = max(0, round(seconds * ticks))
+    whole, fraction = divmod(total, ticks)
+    return whole // 3600, whole // 60 % 60, whole % 60, fraction
+
+
 def _ass_time(seconds: float) -> str:
-    cs = max(0, round(seconds * 100))
-    h, rem = divmod(cs, 360000)
-    m, rem = divmod(rem, 6000)
-    s, cs = divmod(rem, 100)
+    h, m, s, cs = _clock(seconds, 100)
     return f"{h}:{m:02d}:{s:02d}.{cs:02d}"
 
 
 def _srt_time(seconds: float) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, rem = divmod(ms, 3600000)
-    m, rem = divmod(rem, 60000)
-    s, ms = divmod(rem, 1000)
+    h, m, s, ms = _clock(seconds, 1000)
     return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
 
 

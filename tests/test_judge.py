@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from storyboard.backends import ImageRequest, Verdict, register
+from storyboard.backends import BackendBase, ImageRequest, Verdict, register
 from storyboard.context import RunContext
 from storyboard.judge import judge
 
@@ -14,19 +13,13 @@ from helpers import media_hashes
 
 
 @register("judge", "canned")
-class CannedJudge:
+class CannedJudge(BackendBase):
     """Answers from a queue; counts loads and calls."""
 
     name = "canned"
     answers: dict[int, list[bool]] = {}
     loads = 0
     calls: list[int] = []
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
-
-    def identity(self) -> dict[str, Any]:
-        return {"backend": self.name}
 
     def __enter__(self) -> CannedJudge:
         CannedJudge.loads += 1

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from storyboard.backends import ImageRequest, register
+from storyboard.backends import BackendBase, ImageRequest, register
 from storyboard.cli import app
 from storyboard.media import probe
 from storyboard.pipeline import run_stages
@@ -181,24 +181,16 @@ def test_case_18_ffmpeg_failing_or_hanging_shows_its_stderr_and_publishes_nothin
 
 
 @register("image", "flaky")
-class FlakyImages:
-    """Fails beats 3 and 7 the way a busy server does; draws the rest."""
+class FlakyImages(BackendBase):
+    """Fails beats 3 and 7 the way a busy server does, beat 9 the way a full disk does; draws the rest."""
 
     name = "flaky"
 
     def __init__(self, settings: dict[str, Any]) -> None:
         from storyboard.backends.card import CardRenderer
 
+        super().__init__(settings)
         self.card = CardRenderer(settings)
-
-    def identity(self) -> dict[str, Any]:
-        return {"backend": self.name}
-
-    def __enter__(self) -> FlakyImages:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def draw(self, request: ImageRequest, out: Path) -> None:
         if request.number in (3, 7):

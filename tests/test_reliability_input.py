@@ -8,11 +8,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from storyboard.backends import ImageRequest, register
+from storyboard.backends import BackendBase, ImageRequest, register
 from storyboard.errors import PreflightError
 from storyboard.media import probe
 from storyboard.pipeline import run_stages
@@ -88,22 +87,10 @@ def test_case_05_glyphs_no_font_has_are_named(run_copy: Path, config: dict) -> N
 
 
 @register("image", "broken")
-class BrokenImages:
+class BrokenImages(BackendBase):
     """Writes what a failing server sends back: nothing, half a PNG, or an HTML error page."""
 
     name = "broken"
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
-
-    def identity(self) -> dict[str, Any]:
-        return {"backend": self.name}
-
-    def __enter__(self) -> BrokenImages:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def draw(self, request: ImageRequest, out: Path) -> None:
         kind = request.number % 3

@@ -98,10 +98,28 @@ class VideoBackend(Backend, Protocol):
     def animate(self, request: ClipRequest, out: Path) -> None: ...
 
 
+class BackendBase:
+    """Shared plumbing: keeps its settings, names itself in keys, loads nothing unless overridden."""
+
+    name = "base"
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 Factory = Callable[[dict[str, Any]], Any]
 _REGISTRY: dict[str, dict[str, Factory]] = {}
 CAPABILITIES = ("planner", "image", "judge", "tts", "video")
-_BUILTIN_MODULES = ["template_planner", "card", "heuristic_judge", "piper_tts", "kenburns"]
+_BUILTIN_MODULES = ["template_planner", "openai_planner", "card", "heuristic_judge", "piper_tts", "kenburns"]
 
 
 def register(capability: str, name: str) -> Callable[[Factory], Factory]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fonts import drawable, find_fonts
-from . import ImageRequest, register
+from . import BackendBase, ImageRequest, register
 
 STAGE_LOOK_VERSION = 2
 
@@ -29,22 +29,13 @@ def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
 
 
 @register("image", "card")
-class CardRenderer:
+class CardRenderer(BackendBase):
     """Setting colour, who is in frame, beat number and type, expression and prompt."""
 
     name = "card"
 
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
-
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "look": STAGE_LOOK_VERSION}
-
-    def __enter__(self) -> CardRenderer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def draw(self, request: ImageRequest, out: Path) -> None:
         from PIL import Image, ImageDraw, ImageFont

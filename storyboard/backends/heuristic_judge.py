@@ -5,26 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import ImageRequest, Verdict, register
+from . import BackendBase, ImageRequest, Verdict, register
 
 
 @register("judge", "heuristic")
-class HeuristicJudge:
+class HeuristicJudge(BackendBase):
     """Checks what can be checked without a vision model."""
 
     name = "heuristic"
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
         self.min_std = float(settings.get("min_std", 4.0))
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "min_std": self.min_std}
-
-    def __enter__(self) -> HeuristicJudge:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def judge(self, image: Path, request: ImageRequest) -> Verdict:
         import numpy as np

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ffmpeg import filter_value, run_ffmpeg
-from . import ClipRequest, register
+from . import BackendBase, ClipRequest, register
 
 SAMPLE_RATE = 48000
 
@@ -37,13 +37,14 @@ def motion_filter(request: ClipRequest, zoom: float) -> str:
 
 
 @register("video", "kenburns")
-class KenBurns:
+class KenBurns(BackendBase):
     """Draft animation without a model; sfx beats animate their own image."""
 
     name = "kenburns"
     sfx_from_previous = False
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
         self.zoom = float(settings.get("zoom", 1.12))
         self.crf = int(settings.get("crf", 20))
         self.preset = str(settings.get("preset", "veryfast"))
@@ -52,12 +53,6 @@ class KenBurns:
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "zoom": self.zoom, "crf": self.crf, "preset": self.preset}
-
-    def __enter__(self) -> KenBurns:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def animate(self, request: ClipRequest, out: Path) -> None:
         duration = f"{request.duration:.4f}"

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import PreflightError
 from ..ffmpeg import run_ffmpeg
 from ..rundir import temp_path_for
-from . import VoiceSpec, register
+from . import BackendBase, VoiceSpec, register
 
 SAMPLE_RATE = 48000
 
@@ -27,21 +27,18 @@ def bundled_voices() -> dict[str, Path]:
 
 
 @register("tts", "piper")
-class PiperTTS:
+class PiperTTS(BackendBase):
     """Voices are bundled names (`joe`) or paths to a piper `.onnx` model."""
 
     name = "piper"
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self._voices: dict[str, Any] = {}
         self.loads = 0
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "rate": SAMPLE_RATE}
-
-    def __enter__(self) -> PiperTTS:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self._voices.clear()

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from ..formats import Format
-from . import register
+from . import BackendBase, register
 
 
 def subject_of(idea: str) -> str:
@@ -31,22 +31,10 @@ def template_values(idea: str, fmt: Format) -> dict[str, str]:
 
 
 @register("planner", "template")
-class TemplatePlanner:
+class TemplatePlanner(BackendBase):
     """Writes readable lines about the idea's subject from the format's templates."""
 
     name = "template"
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
-
-    def identity(self) -> dict[str, Any]:
-        return {"backend": self.name}
-
-    def __enter__(self) -> TemplatePlanner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def plan(self, idea: str, fmt: Format, seed: int, feedback: str | None = None) -> dict[str, Any]:
         values = template_values(idea, fmt)
