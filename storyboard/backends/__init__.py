@@ -119,7 +119,7 @@ class BackendBase:
 Factory = Callable[[dict[str, Any]], Any]
 _REGISTRY: dict[str, dict[str, Factory]] = {}
 CAPABILITIES = ("planner", "image", "judge", "tts", "video")
-_BUILTIN_MODULES = ["template_planner", "openai_planner", "card", "heuristic_judge", "piper_tts", "kenburns"]
+_BUILTIN_MODULES = ["template_planner", "openai_planner", "gemini_planner", "card", "heuristic_judge", "piper_tts", "kenburns"]
 
 
 def register(capability: str, name: str) -> Callable[[Factory], Factory]:
