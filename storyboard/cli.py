@@ -87,9 +87,10 @@ def run(
     quality: str = typer.Option(None, "--quality", help="Image preset: draft | final."),
     seed: int = typer.Option(0, "--seed", help="Base seed of a new plan."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Finish other beats when one fails; exit 1 at the end."),
+    with_review: bool = typer.Option(False, "--review", help="Review final.mp4 afterwards and write review.md."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Run every stage: plan, visual, judge, video, render.
+    """Run every stage: plan, visual, judge, video, render (and review with --review).
 
     Example: storyboard run --idea "a cat who wants to be a judge"
     Fix one beat: storyboard run --dir outputs/<run> --regen-beats 5,7
@@ -101,7 +102,7 @@ def run(
             raise InputError("give exactly one of --idea or --dir (see storyboard run --help)")
         overrides = {"image": {"quality": quality}}
         summary = run_pipeline(idea, directory, format_name=format_name, profile=profile, out=out_root, regen=regen_beats,
-                               keep_going=keep_going, seed=seed, overrides=overrides, reporter=reporter)
+                               keep_going=keep_going, seed=seed, overrides=overrides, reporter=reporter, with_review=with_review)
         _print_summary(summary, json_out)
         return summary
 
@@ -227,6 +228,24 @@ def batch(
         return summary
 
     _guard(True, action)
+
+
+@app.command()
+def review(
+    directory: Path = DirArg,
+    force: bool = typer.Option(False, "--force", help="Review again even if final.mp4 did not change."),
+    profile: str = ProfileOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Watch final.mp4 and write review.md: problems per beat and the command that fixes them.
+
+    Example: storyboard review outputs/<run> --profile gemini
+    """
+    _stage_command(("review",), directory, profile, json_out, regen="none" if force else None)
+    if not json_out:
+        path = directory / "review.md"
+        if path.is_file():
+            out.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
 
 
 @app.command()

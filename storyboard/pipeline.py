@@ -21,6 +21,7 @@ from .preflight import preflight
 from .profiles import resolve_config
 from .progress import Reporter
 from .render import render
+from .review import review
 from .rundir import RunDir, RunLock, run_name
 from .video import video
 from .visual import visual
@@ -89,6 +90,9 @@ def stage_runner(ctx: RunContext, name: str, *, force_render: bool = False, only
         result = video(ctx)
     elif name == "render":
         result = render(ctx, force=force_render)
+    elif name == "review":
+        result = StageResult("review")  # writes review.md; it makes no beat artifacts
+        review(ctx, force=force_render)
     else:
         raise InputError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     if check_failures and result.failed:
@@ -137,7 +141,7 @@ def run_stages(
         if regen:
             beats = parse_beat_list(regen, len(ctx.plan.beats))
             if beats is None:
-                stages, force_render = ("render",), True
+                stages, force_render = tuple(s for s in stages if s in ("render", "review")) or ("render",), True
             else:
                 ctx.force = beats
                 for number in sorted(beats):
@@ -174,6 +178,7 @@ def run(
     seed: int = 0,
     overrides: dict[str, dict[str, Any]] | None = None,
     reporter: Reporter | None = None,
+    with_review: bool = False,
 ) -> RunSummary:
     """The whole pipeline for a new idea (`idea`) or an existing run (`directory`)."""
     if (idea is None) == (directory is None):
@@ -183,4 +188,5 @@ def run(
     config = resolve_config(profile, overrides)
     root = create_run(idea, format_name, config, out, seed) if idea is not None else directory
     assert root is not None
-    return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter)
+    stages = (*STAGES, "review") if with_review else STAGES
+    return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter, stages=stages)

@@ -12,7 +12,7 @@ from storyboard.cli import app
 
 from helpers import cli, edit_plan
 
-COMMANDS = ["run", "plan", "visual", "judge", "video", "render", "batch", "status", "formats", "doctor"]
+COMMANDS = ["run", "plan", "visual", "judge", "video", "render", "review", "batch", "status", "formats", "doctor"]
 
 
 def test_every_command_is_documented_with_an_example() -> None:

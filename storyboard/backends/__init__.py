@@ -118,8 +118,8 @@ class BackendBase:
 
 Factory = Callable[[dict[str, Any]], Any]
 _REGISTRY: dict[str, dict[str, Factory]] = {}
-CAPABILITIES = ("planner", "image", "judge", "tts", "video")
-_BUILTIN_MODULES = ["template_planner", "openai_planner", "gemini_planner", "card", "heuristic_judge", "piper_tts", "kenburns"]
+CAPABILITIES = ("planner", "image", "judge", "tts", "video", "reviewer")
+_BUILTIN_MODULES = ["template_planner", "openai_planner", "gemini_planner", "card", "heuristic_judge", "piper_tts", "kenburns", "reviewers"]
 
 
 def register(capability: str, name: str) -> Callable[[Factory], Factory]:
