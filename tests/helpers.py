@@ -95,3 +95,44 @@ def mixed_run(root: Path, config: dict, *, hook_audio_s: float = 2.0, music: Pat
     return RunContext.open(root, config)
 
 
+
+
+class LoopbackServer:
+    """A JSON HTTP server on 127.0.0.1 for API-client tests: subclasses answer in `answer()`."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def _serve(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                status, body, headers = server.answer(self.command, self.path, dict(self.headers), raw)
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except BrokenPipeError:  # the client gave up (timeout tests)
+                    pass
+
+            do_GET = do_POST = _serve  # noqa: N815 - http.server's names
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict[str, str]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.httpd.shutdown()

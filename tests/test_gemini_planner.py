@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,46 +14,29 @@ from storyboard.errors import PreflightError, StageError
 from storyboard.formats import load_format
 from storyboard.plan import make_plan
 
+from helpers import LoopbackServer
+
 IDEA = "A cat who wants to be a judge"
 KEY = "AIza-loopback-key"
 
 
-class GeminiServer:
+class GeminiServer(LoopbackServer):
     """POST /v1beta/models/{model}:generateContent answered from a queue of (status, text, delay, finish)."""
 
     def __init__(self) -> None:
         self.answers: list[tuple[int, str, float, str]] = []
         self.requests: list[dict[str, Any]] = []
-        server = self
+        super().__init__()
+        self.url = self.root
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                length = int(self.headers["Content-Length"])
-                server.requests.append({"path": self.path, "key": self.headers.get("x-goog-api-key"), "body": json.loads(self.rfile.read(length))})
-                status, text, delay, finish = server.answers.pop(0)
-                time.sleep(delay)
-                if status == 200:
-                    body: dict[str, Any] = {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish, "index": 0}],
-                                            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20, "thoughtsTokenCount": 5},
-                                            "modelVersion": "gemini-test"}
-                else:
-                    body = {"error": {"code": status, "message": text, "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}}
-                data = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except BrokenPipeError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def answer(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict[str, str]]:
+        self.requests.append({"path": path, "key": headers.get("x-goog-api-key"), "body": json.loads(raw)})
+        status, text, delay, finish = self.answers.pop(0)
+        time.sleep(delay)
+        if status != 200:
+            return status, {"error": {"code": status, "message": text, "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}}, {}
+        return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish, "index": 0}],
+                     "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20, "thoughtsTokenCount": 5}}, {}
 
 
 @pytest.fixture
@@ -63,7 +44,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiServer]:
     monkeypatch.setenv("GOOGLE_API_KEY", KEY)
     s = GeminiServer()
     yield s
-    s.httpd.shutdown()
+    s.close()
 
 
 def good_plan() -> str:

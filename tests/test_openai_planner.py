@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,51 +15,35 @@ from storyboard.errors import StageError
 from storyboard.formats import load_format
 from storyboard.plan import make_plan
 
+from helpers import LoopbackServer
+
 IDEA = "A cat who wants to be a judge"
 
 
-class ChatServer:
-    """Answers each POST from a queue of (status, content or body, delay); records requests."""
+class ChatServer(LoopbackServer):
+    """Answers each POST from a queue of (status, content, delay); records requests."""
 
     def __init__(self) -> None:
         self.answers: list[tuple[int, Any, float]] = []
         self.requests: list[dict[str, Any]] = []
-        server = self
+        super().__init__()
+        self.url = f"{self.root}/v1"
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                length = int(self.headers["Content-Length"])
-                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": json.loads(self.rfile.read(length))})
-                status, content, delay = server.answers.pop(0)
-                time.sleep(delay)
-                if status == 200:
-                    body = {"id": "c1", "object": "chat.completion", "model": "m",
-                            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
-                else:
-                    body = {"error": {"message": str(content), "type": "server_error"}}
-                data = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except BrokenPipeError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def answer(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict[str, str]]:
+        self.requests.append({"path": path, "auth": headers.get("Authorization"), "body": json.loads(raw)})
+        status, content, delay = self.answers.pop(0)
+        time.sleep(delay)
+        if status != 200:
+            return status, {"error": {"message": str(content), "type": "server_error"}}, {}
+        return 200, {"id": "c1", "object": "chat.completion", "model": "m",
+                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}, {}
 
 
 @pytest.fixture
 def server() -> Iterator[ChatServer]:
     s = ChatServer()
     yield s
-    s.httpd.shutdown()
+    s.close()
 
 
 def good_plan() -> str:

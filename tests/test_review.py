@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,6 +12,8 @@ from storyboard.context import RunContext
 from storyboard.ffmpeg import run_ffmpeg
 from storyboard.media import probe
 from storyboard.review import review
+
+from helpers import LoopbackServer
 
 
 def test_offline_review_of_a_clean_final_ships(run_copy: Path, config: dict) -> None:
@@ -40,60 +39,38 @@ def test_speech_running_into_the_cut_is_flagged_with_the_fix_command(run_copy: P
     assert json.loads((run_copy / "review.json").read_text())["regen_beats"] == [0, 1, 2, 3, 5, 7, 8, 10]
 
 
-class FilesServer:
+class FilesServer(LoopbackServer):
     """Speaks the files API (resumable upload, get) and generateContent; records the order of calls."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.polls = 0
         self.uploaded = b""
-        server = self
+        super().__init__()
+        self.url = self.root
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def _send(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:  # noqa: N802
-                payload = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                file = {"name": "files/abc123", "uri": f"{server.url}/v1beta/files/abc123", "mimeType": "video/mp4", "state": "PROCESSING"}
-                if self.path.startswith("/upload/") and self.path.split("?")[0].endswith("/files"):
-                    server.calls.append(f"start:{self.headers.get('X-Goog-Upload-Command')}")
-                    self._send({}, {"x-goog-upload-url": f"{server.url}/upload-session/1"})
-                elif self.path.startswith("/upload-session/1"):
-                    server.calls.append(f"upload:{self.headers.get('X-Goog-Upload-Command')}")
-                    server.uploaded += payload
-                    self._send({"file": file}, {"x-goog-upload-status": "final"})
-                elif ":generateContent" in self.path:
-                    body = json.loads(payload)
-                    part = body["contents"][0]["parts"][0]
-                    data = part.get("fileData") or part.get("file_data")
-                    server.calls.append("generate:" + (data.get("fileUri") or data.get("file_uri")))
-                    answer = {"verdict": "fix", "summary": "The punchline is cut.", "problems": [
-                        {"beat": 8, "kind": "truncated speech", "problem": "'Case closed' loses its last word", "regenerate": True}]}
-                    self._send({"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(answer)}]}, "finishReason": "STOP"}]})
-                else:
-                    server.calls.append(f"unexpected POST {self.path}")
-                    self._send({})
-
-            def do_GET(self) -> None:  # noqa: N802
-                server.polls += 1
-                server.calls.append("get")
-                state = "ACTIVE" if server.polls >= 2 else "PROCESSING"
-                self._send({"name": "files/abc123", "uri": f"{server.url}/v1beta/files/abc123", "mimeType": "video/mp4", "state": state})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def answer(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict[str, str]]:
+        file = {"name": "files/abc123", "uri": f"{self.url}/v1beta/files/abc123", "mimeType": "video/mp4", "state": "PROCESSING"}
+        if method == "GET":
+            self.polls += 1
+            self.calls.append("get")
+            return 200, {**file, "state": "ACTIVE" if self.polls >= 2 else "PROCESSING"}, {}
+        if path.startswith("/upload/") and path.split("?")[0].endswith("/files"):
+            self.calls.append(f"start:{headers.get('X-Goog-Upload-Command')}")
+            return 200, {}, {"x-goog-upload-url": f"{self.url}/upload-session/1"}
+        if path.startswith("/upload-session/1"):
+            self.calls.append(f"upload:{headers.get('X-Goog-Upload-Command')}")
+            self.uploaded += raw
+            return 200, {"file": file}, {"x-goog-upload-status": "final"}
+        if ":generateContent" in path:
+            part = json.loads(raw)["contents"][0]["parts"][0]
+            data = part.get("fileData") or part.get("file_data")
+            self.calls.append("generate:" + (data.get("fileUri") or data.get("file_uri")))
+            answer = {"verdict": "fix", "summary": "The punchline is cut.", "problems": [
+                {"beat": 8, "kind": "truncated speech", "problem": "'Case closed' loses its last word", "regenerate": True}]}
+            return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(answer)}]}, "finishReason": "STOP"}]}, {}
+        self.calls.append(f"unexpected {method} {path}")
+        return 404, {}, {}
 
 
 @pytest.fixture
@@ -101,7 +78,7 @@ def files_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FilesServer]:
     monkeypatch.setenv("GOOGLE_API_KEY", "AIza-loopback")
     s = FilesServer()
     yield s
-    s.httpd.shutdown()
+    s.close()
 
 
 def test_gemini_reviewer_uploads_polls_until_active_then_reviews(run_copy: Path, config: dict, files_server: FilesServer) -> None:
