@@ -10,7 +10,7 @@ from typing import Any
 from ..fonts import drawable, find_fonts
 from . import BackendBase, ImageRequest, register
 
-STAGE_LOOK_VERSION = 2
+STAGE_LOOK_VERSION = 3
 
 
 def _colour(text: str, lightness: int) -> tuple[int, int, int]:
@@ -85,8 +85,8 @@ class CardRenderer(BackendBase):
                 draw.text((margin, y), line, font=body_font, fill=(240, 240, 240), stroke_width=1, stroke_fill=(0, 0, 0))
                 y += int(26 * scale)
             y += int(10 * scale)
-        y = h - int(160 * scale)
+        # The setting sits under the prompt: the bottom of the frame belongs to the subtitles.
         for line in _wrap(draw, drawable(request.setting, font_path), font(16), w - 2 * margin)[:2]:
-            draw.text((margin, y), line, font=font(16), fill=(230, 230, 230), stroke_width=1, stroke_fill=(0, 0, 0))
+            draw.text((margin, y), line, font=font(16), fill=(210, 230, 255), stroke_width=1, stroke_fill=(0, 0, 0))
             y += int(20 * scale)
         img.save(out, format="PNG")
