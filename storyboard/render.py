@@ -48,7 +48,8 @@ class Segment:
     video_duration: float = 0.0
 
 
-def _segments(ctx: RunContext) -> list[Segment]:
+def segments_of(ctx: RunContext) -> list[Segment]:
+    """Each beat's clip laid out on the final's timeline; StageError if speech would be cut."""
     plan, fps = ctx.plan, ctx.plan.fps
     segments, start = [], 0.0
     for n in plan.beat_numbers:
@@ -82,7 +83,8 @@ def _segments(ctx: RunContext) -> list[Segment]:
     return segments
 
 
-def _cues(segments: list[Segment]) -> list[Cue]:
+def cues_of(segments: list[Segment]) -> list[Cue]:
+    """Subtitle cues of every spoken line, timed over its measured speech span."""
     cues: list[Cue] = []
     for seg in segments:
         if seg.speech and seg.line:
@@ -194,8 +196,8 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
     started = time.monotonic()
     plan, settings = ctx.plan, ctx.config.get("render", {})
     # 1. Check inputs and lay out the beats.
-    segments = _segments(ctx)
-    cues = _cues(segments)
+    segments = segments_of(ctx)
+    cues = cues_of(segments)
     fonts = find_fonts(plan.hook.title_overlay + "".join(c.text for c in cues))
     # 2. Key: skip when final.mp4 is current.
     inputs = render_inputs(ctx, segments, cues, fonts)

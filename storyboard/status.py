@@ -60,10 +60,10 @@ def beat_status(ctx: RunContext) -> dict[int, dict[str, Cell]]:
 def final_status(ctx: RunContext) -> Cell:
     """final.mp4's state."""
     try:
-        segments = render_stage._segments(ctx)
+        segments = render_stage.segments_of(ctx)
     except StageError as error:
         return Cell("missing" if not ctx.rd.final.is_file() else "stale", str(error).split("\n")[0])
-    cues = render_stage._cues(segments)
+    cues = render_stage.cues_of(segments)
     fonts = find_fonts(ctx.plan.hook.title_overlay + "".join(c.text for c in cues))
     inputs = render_stage.render_inputs(ctx, segments, cues, fonts)
     fresh = ctx.manifest.check(ctx.rd.rel(ctx.rd.final), ctx.rd.final, inputs)

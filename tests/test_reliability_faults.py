@@ -62,10 +62,10 @@ def kill_during(proc: subprocess.Popen[str], stage: str, delay: float, sig: int 
 
 def final_checks(root: Path, config: dict) -> None:
     from storyboard.context import RunContext
-    from storyboard.render import _segments
+    from storyboard.render import segments_of
 
     ctx = RunContext.open(root, config)
-    check_final(root / "final.mp4", _segments(ctx), ctx.plan.width, ctx.plan.height, ctx.plan.fps)
+    check_final(root / "final.mp4", segments_of(ctx), ctx.plan.width, ctx.plan.height, ctx.plan.fps)
 
 
 @pytest.mark.parametrize("stage", STAGE_MARKS)
