@@ -87,12 +87,14 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
     for item, result in zip(items, results):
         t0 = time.monotonic()
         try:
-            config, _ = pool_for(item)
-            result.run_dir = str(create_run(item.idea, item.format, config, out, item.seed))
+            config, pool = pool_for(item)
+            result.run_dir = str(create_run(item.idea, item.format, config, out, item.seed, pool))
         except StoryboardError as error:
             result.status, result.error = "failed", f"plan: {error}"
             log.error("batch: line %d (%s): %s", item.line, item.idea, result.error)
         result.stages["plan"] = round(time.monotonic() - t0, 3)
+    for pool in pools.values():
+        pool.release()
     # 2. Stage-major: every run's visual, then every run's judge, ... each pool holds its model across runs.
     calls: dict[str, int] = {}
     for stage in STAGES:

@@ -75,9 +75,10 @@ def judge(ctx: RunContext) -> StageResult:
                 ctx.manifest.set_redraws(number, ctx.manifest.redraws(number) + 1)
                 inputs = visual.image_inputs(ctx, number)
                 item = make_item(ctx, number, path, inputs)
+                drawn = time.monotonic()
                 with atomic_path(path) as tmp:
                     extra = visual.draw_one(ctx, image_backend, item, tmp)
-                ctx.manifest.record(item.rel, path, inputs, **extra)
+                ctx.manifest.record(item.rel, path, inputs, seconds=round(time.monotonic() - drawn, 3), **extra)
             flagged = not verdict.ok
             if flagged:
                 log.warning("judge: beat %d still fails after %d attempts (%s); accepted and flagged", number, len(attempts), verdict.reason)
@@ -85,6 +86,7 @@ def judge(ctx: RunContext) -> StageResult:
             write_json_atomic(ctx.rd.judge, {"backend": judge_backend.identity(), "beats": verdicts})
             result.done.append(number)
             advance(f"beat {number:02d} {'ok' if verdict.ok else 'FLAGGED'}")
+        figures = judge_backend.stage_figures() if hasattr(judge_backend, "stage_figures") else {}
     result.seconds = time.monotonic() - started
-    ctx.manifest.record_stage("judge", {"seconds": round(result.seconds, 3), "beats": result.done})
+    ctx.manifest.record_stage("judge", {**figures, "seconds": round(result.seconds, 3), "beats": result.done})
     return result

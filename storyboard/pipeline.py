@@ -46,14 +46,14 @@ class RunSummary:
         return asdict(self)
 
 
-def create_run(idea: str, format_name: str, config: dict[str, Any], out: Path, seed: int = 0) -> Path:
+def create_run(idea: str, format_name: str, config: dict[str, Any], out: Path, seed: int = 0, pool: BackendPool | None = None) -> Path:
     """Plan a new idea under `out` (or reuse today's run of the same idea); returns its directory."""
     load_format(format_name)  # unknown or broken format: fail before any directory exists
     root = out / run_name(idea)
     if (root / "plan.json").is_file():
         log.info("plan: %s already has a plan; resuming", root)
         return root
-    plan = make_plan(idea, format_name, config, seed)
+    plan = make_plan(idea, format_name, config, seed, pool)
     root.mkdir(parents=True, exist_ok=True)
     with RunLock(root):
         if not (root / "plan.json").is_file():

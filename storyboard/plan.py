@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
-from .backends import create
+from .context import BackendPool
 from .errors import InputError, StageError
 from .formats import load_format
 from .rundir import RunDir, write_text_atomic
@@ -14,18 +15,20 @@ from .schema import Plan, parse_plan, plan_to_json
 log = logging.getLogger("storyboard")
 
 
-def make_plan(idea: str, format_name: str, config: dict, seed: int = 0) -> Plan:
-    """Ask the configured planner for a plan; invalid output is retried with the error, then reported."""
+def make_plan(idea: str, format_name: str, config: dict, seed: int = 0, pool: BackendPool | None = None) -> Plan:
+    """Ask the configured planner for a plan; invalid output is retried with the error, then reported.
+
+    With a held `pool` (batches) the planner model stays loaded for the next idea."""
     # 1. Check inputs.
     if not idea.strip():
         raise InputError("--idea: give a one-line idea, e.g. --idea \"a cat who wants to be a judge\"")
     fmt = load_format(format_name)
     settings = config.get("planner", {})
     attempts = int(settings.get("retries", 2)) + 1
-    planner = create("planner", settings)
+    pool = pool or BackendPool(config)
     feedback = None
     # 2. Generate and validate, feeding the validation error back on retries.
-    with planner:
+    with pool.loaded("planner", Counter()) as planner:
         for attempt in range(1, attempts + 1):
             started = time.monotonic()
             try:
@@ -41,7 +44,7 @@ def make_plan(idea: str, format_name: str, config: dict, seed: int = 0) -> Plan:
                 continue
             log.info("plan: %s wrote %d beats in %.1f s", planner.name, len(plan.beats), time.monotonic() - started)
             return plan
-    raise StageError(f"plan: the {planner.name} planner gave no valid plan in {attempts} attempts; last problem:\n{feedback}")
+    raise StageError(f"plan: the {pool.get('planner').name} planner gave no valid plan in {attempts} attempts; last problem:\n{feedback}")
 
 
 def write_plan(rd: RunDir, plan: Plan) -> None:

@@ -58,6 +58,12 @@ class RunDir:
     def image(self, number: int, beat_type: str) -> Path:
         return self.root / "beats" / f"beat_{number:02d}_{beat_type}.png"
 
+    def base(self, setting: str) -> Path:
+        """The base scene a setting's beats are drawn as edits of."""
+        import hashlib
+
+        return self.root / "beats" / f"base_{hashlib.sha256(setting.encode('utf-8')).hexdigest()[:8]}.png"
+
     def audio(self, number: int) -> Path:
         return self.root / "audio" / f"beat_{number:02d}.wav"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from .backends import ImageRequest
 from .context import RunContext, StageResult
 from .errors import StageError
-from .keys import Inputs
+from .keys import Inputs, file_hash
 from .produce import Item, generate, make_item, pending
 
 STAGE_VERSION = 1
@@ -25,13 +26,48 @@ def beat_characters(ctx: RunContext, number: int) -> list[str]:
     return beat.characters or ([beat.speaker] if beat.speaker else [])
 
 
+def uses_base(ctx: RunContext) -> bool:
+    """The image backend draws beats as edits of a base scene."""
+    return bool(getattr(ctx.backend("image"), "uses_base", False))
+
+
+def beat_setting(ctx: RunContext, number: int) -> str:
+    beat = ctx.plan.beat(number)
+    return beat.setting_override or ctx.plan.setting
+
+
+def base_inputs(ctx: RunContext, setting: str) -> Inputs:
+    """What a base scene is drawn from: the setting, the whole on-screen cast, the style."""
+    plan = ctx.plan
+    cast = {cid: m.appearance for cid, m in plan.cast.items() if cid != plan.hook.narrator}
+    seed = int.from_bytes(hashlib.sha256(f"{plan.seed}:base:{setting}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+    return {
+        "stage": STAGE_VERSION,
+        "backend": ctx.backend("image").identity(),
+        "quality": ctx.config.get("image", {}).get("quality", "draft"),
+        "seed": seed,
+        "type": "base",
+        "image_prompt": f"Establishing shot, everyone in frame, neutral poses: {', '.join(plan.cast[c].name for c in cast)}",
+        "expression": "",
+        "setting": setting,
+        "cast": cast,
+        "style": plan.style,
+        "size": [plan.width, plan.height],
+    }
+
+
 def image_inputs(ctx: RunContext, number: int) -> Inputs:
     """Exactly what an image is drawn from (what `status --why` can name)."""
     plan = ctx.plan
     who = beat_characters(ctx, number)
     beat = None if number == 0 else plan.beat(number)
     settings = ctx.config.get("image", {})
+    base: dict[str, str] = {}
+    if beat is not None and uses_base(ctx):
+        path = ctx.rd.base(beat_setting(ctx, number))
+        base = {"base": file_hash(path) if path.is_file() else "missing"}
     return {
+        **base,
         "stage": STAGE_VERSION,
         "backend": ctx.backend("image").identity(),
         "quality": settings.get("quality", "draft"),
@@ -50,6 +86,7 @@ def image_request(ctx: RunContext, number: int, inputs: Inputs) -> ImageRequest:
     """The request a backend draws from: the beat's prompt with cast, setting and style."""
     plan = ctx.plan
     who = list(inputs["cast"])
+    base = ctx.rd.base(inputs["setting"]) if "base" in inputs else None
     appearance = "; ".join(f"{plan.cast[c].name}: {a}" for c, a in inputs["cast"].items())
     parts = [inputs["image_prompt"], inputs["expression"], f"setting: {inputs['setting']}", appearance, inputs["style"]]
     return ImageRequest(
@@ -64,7 +101,24 @@ def image_request(ctx: RunContext, number: int, inputs: Inputs) -> ImageRequest:
         characters=[plan.cast[c].name for c in who],
         expression=inputs["expression"],
         caption=inputs["image_prompt"],
+        silent=number > 0 and plan.beat(number).renderer != "a2v",
+        base=base,
     )
+
+
+def base_items(ctx: RunContext, numbers: list[int]) -> list[Item]:
+    """The base scenes the given beats are edits of (one per distinct setting)."""
+    settings = sorted({beat_setting(ctx, n) for n in numbers if n > 0})
+    return [make_item(ctx, -1, ctx.rd.base(s), base_inputs(ctx, s)) for s in settings]
+
+
+def draw_base(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+    """Draw a base scene from text (setting + whole cast)."""
+    request = image_request(ctx, 0, item.inputs)
+    ctx.calls["image.base"] += 1
+    backend.draw(request, tmp)
+    check_image(tmp, request.width, request.height)
+    return {"backend": backend.name, "seed": request.seed}
 
 
 def items(ctx: RunContext, only: list[int] | None = None) -> list[Item]:
@@ -114,7 +168,13 @@ def visual(ctx: RunContext, only_beat: int | None = None) -> StageResult:
         with ctx.loaded("image") as backend:
             result.loads = ctx.calls["image.load"]
             load_s = time.monotonic() - load_started
+            if uses_base(ctx):
+                # Base scenes first; beats are keyed on their base's bytes, so look again afterwards.
+                bases = pending(ctx, base_items(ctx, [i.number for i in todo]))
+                generate(ctx, StageResult("visual"), bases, lambda item, tmp: draw_base(ctx, backend, item, tmp), lambda item: f"base {item.rel}")
+                todo = pending(ctx, items(ctx, only))
             generate(ctx, result, todo, lambda item, tmp: draw_one(ctx, backend, item, tmp), lambda item: f"beat {item.number:02d}")
+            figures = backend.stage_figures() if hasattr(backend, "stage_figures") else {}
         result.seconds = time.monotonic() - started
-        ctx.manifest.record_stage("visual", {"load_s": round(load_s, 3), "seconds": round(result.seconds, 3), "beats": result.done})
+        ctx.manifest.record_stage("visual", {"load_s": round(load_s, 3), **figures, "seconds": round(result.seconds, 3), "beats": result.done})
     return result

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from storyboard.context import RunContext
 from storyboard.keys import file_hash
@@ -136,3 +138,22 @@ class LoopbackServer:
 
     def close(self) -> None:
         self.httpd.shutdown()
+
+
+class GeminiServer(LoopbackServer):
+    """POST /v1beta/models/{model}:generateContent answered from a queue of (status, text, delay, finish)."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, str, float, str]] = []
+        self.requests: list[dict[str, Any]] = []
+        super().__init__()
+        self.url = self.root
+
+    def answer(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict[str, str]]:
+        self.requests.append({"path": path, "key": headers.get("x-goog-api-key"), "body": json.loads(raw)})
+        status, text, delay, finish = self.answers.pop(0)
+        time.sleep(delay)
+        if status != 200:
+            return status, {"error": {"code": status, "message": text, "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}}, {}
+        return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish, "index": 0}],
+                     "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20, "thoughtsTokenCount": 5}}, {}

@@ -14,29 +14,10 @@ from storyboard.errors import PreflightError, StageError
 from storyboard.formats import load_format
 from storyboard.plan import make_plan
 
-from helpers import LoopbackServer
+from helpers import GeminiServer
 
 IDEA = "A cat who wants to be a judge"
 KEY = "AIza-loopback-key"
-
-
-class GeminiServer(LoopbackServer):
-    """POST /v1beta/models/{model}:generateContent answered from a queue of (status, text, delay, finish)."""
-
-    def __init__(self) -> None:
-        self.answers: list[tuple[int, str, float, str]] = []
-        self.requests: list[dict[str, Any]] = []
-        super().__init__()
-        self.url = self.root
-
-    def answer(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict[str, str]]:
-        self.requests.append({"path": path, "key": headers.get("x-goog-api-key"), "body": json.loads(raw)})
-        status, text, delay, finish = self.answers.pop(0)
-        time.sleep(delay)
-        if status != 200:
-            return status, {"error": {"code": status, "message": text, "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}}, {}
-        return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish, "index": 0}],
-                     "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20, "thoughtsTokenCount": 5}}, {}
 
 
 @pytest.fixture

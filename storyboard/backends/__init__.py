@@ -32,6 +32,8 @@ class ImageRequest:
     characters: list[str] = field(default_factory=list)
     expression: str = ""
     caption: str = ""
+    silent: bool = False  # nobody speaks in this beat: mouths should be closed
+    base: Path | None = None  # the base scene this beat is drawn as an edit of (image backends with `uses_base`)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class BackendBase:
 Factory = Callable[[dict[str, Any]], Any]
 _REGISTRY: dict[str, dict[str, Factory]] = {}
 CAPABILITIES = ("planner", "image", "judge", "tts", "video", "reviewer")
-_BUILTIN_MODULES = ["template_planner", "openai_planner", "gemini_planner", "card", "heuristic_judge", "piper_tts", "kenburns", "reviewers"]
+_BUILTIN_MODULES = ["template_planner", "openai_planner", "gemini_planner", "transformers_planner", "card", "diffusers_image",
+                    "heuristic_judge", "gemini_judge", "vlm_judge", "piper_tts", "kenburns", "reviewers"]
 
 
 def register(capability: str, name: str) -> Callable[[Factory], Factory]:

@@ -1,0 +1,111 @@
+"""Real-architecture models with random weights, built in-process and saved with `save_pretrained`.
+
+Used by the GPU benchmarks (full-size configs: true speed and memory) and by the tests (tiny
+configs: the same loaders on the CPU). Nothing here downloads: tokenizers are trained on a few
+sentences, configs are written out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CORPUS = [
+    "A cat who wants to be a judge. The court is in session. Order! Objection, your honour.",
+    '{"idea": "x", "beats": [{"number": 1, "line": "Hello", "duration_sec": 3.5}], "ok": true, "reason": "fine"}',
+    "YES the image matches. NO the hands look wrong. setting: a courtroom. expression: smug.",
+    "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ ,.;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`|",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
+
+
+def tokenizer(vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on CORPUS, with a chat template and the Qwen special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# Flux-dev (12B) as in diffusers' conversion script and the model's config; "tiny" keeps the wiring.
+FLUX = {
+    "full": {
+        "transformer": {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+                        "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768, "guidance_embeds": True,
+                        "axes_dims_rope": [16, 56, 56]},
+        "clip": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12, "projection_dim": 768,
+                 "hidden_act": "quick_gelu"},
+        "t5": {"d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "feed_forward_proj": "gated-gelu"},
+        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "latent_channels": 16, "norm_num_groups": 32,
+                "shift_factor": 0.1159, "scaling_factor": 0.3611},
+        "t5_tokens": 512,
+    },
+    "tiny": {
+        "transformer": {"patch_size": 1, "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+                        "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "axes_dims_rope": [4, 4, 8]},
+        "clip": {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 1, "projection_dim": 32},
+        "t5": {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 1, "num_heads": 4},
+        "vae": {"block_out_channels": (8, 8, 8, 8), "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4,
+                "shift_factor": 0.0609, "scaling_factor": 1.5035},
+        "t5_tokens": 512,
+    },
+}
+
+
+def _random(cls: Any, config: Any, device: str, dtype: Any) -> Any:
+    """Build `cls(config)` with random weights straight on `device` (no slow CPU init for billions of parameters)."""
+    import torch
+
+    if device == "cpu":
+        torch.manual_seed(0)
+        return cls(config) if not isinstance(config, dict) else cls(**config)
+    with torch.device("meta"):
+        model = cls(config) if not isinstance(config, dict) else cls(**config)
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.normal_(0.0, 0.02, generator=generator)
+    return model
+
+
+def flux(path: Path, size: str = "tiny", pipeline: str = "FluxPipeline", device: str = "cpu") -> Path:
+    """A Flux-architecture pipeline with random weights saved under `path` (`pipeline`: FluxPipeline or
+    FluxKontextPipeline, the same architecture used as an edit model)."""
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    spec = FLUX[size]
+    dtype = torch.bfloat16 if device != "cpu" else torch.float32
+    tok = tokenizer()
+    clip_tok = tokenizer()
+    clip_tok.model_max_length = 77
+    tok.model_max_length = spec["t5_tokens"]
+    transformer = _random(FluxTransformer2DModel, spec["transformer"], device, dtype)
+    clip = _random(CLIPTextModel, CLIPTextConfig(vocab_size=len(tok), max_position_embeddings=77, eos_token_id=tok.eos_token_id,
+                                                 pad_token_id=tok.pad_token_id, bos_token_id=tok.pad_token_id, **spec["clip"]), device, dtype)
+    t5 = _random(T5EncoderModel, T5Config(vocab_size=len(tok), decoder_start_token_id=0, **spec["t5"]), device, dtype)
+    vae = _random(AutoencoderKL, {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
+                                  "up_block_types": ("UpDecoderBlock2D",) * 4, "use_quant_conv": False, "use_post_quant_conv": False,
+                                  **spec["vae"]}, device, dtype)
+    cls = getattr(diffusers, pipeline)
+    pipe = cls(transformer=transformer, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=tok, vae=vae,
+               scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15))
+    pipe.save_pretrained(path, max_shard_size="20GB")
+    return path

@@ -1,0 +1,138 @@
+"""What every local-model backend shares: finding weights offline, device and dtype, GPU memory figures.
+
+Weights come from a path or the local Hugging Face cache, never from the network at run time:
+a missing model is one clear error naming it and the command that fetches it.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import PreflightError
+
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "float32": "float32", "fp32": "float32"}
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", ".", "~")) or ref.count("/") != 1
+
+
+def resolve_model(ref: str, what: str) -> Path:
+    """A local directory for `ref` (a path, or a hub id already in the local cache)."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    if _looks_like_path(ref):
+        raise PreflightError(f"{what}: model path {ref} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception:  # noqa: BLE001 - every hub error here means "not in the cache"
+        raise PreflightError(f"{what}: model {ref} is not in the local cache ({HF_HUB_CACHE}); fetch it once with: hf download {ref}") from None
+
+
+def missing(refs: dict[str, str | None]) -> list[str]:
+    """The configured models (role → id or path) that are not present locally, as messages."""
+    out = []
+    for what, ref in refs.items():
+        if not ref:
+            continue
+        try:
+            resolve_model(ref, what)
+        except PreflightError as error:
+            out.append(str(error))
+    return out
+
+
+def device_of(settings: dict[str, Any]) -> str:
+    """`device` from the backend's settings, else cuda when there is one."""
+    import torch
+
+    wanted = str(settings.get("device", "auto"))
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def dtype_of(settings: dict[str, Any], device: str, key: str = "dtype") -> Any:
+    """torch dtype from settings (bfloat16 on GPU, float32 on CPU unless set)."""
+    import torch
+
+    name = str(settings.get(key, "bfloat16" if device.startswith("cuda") else "float32")).lower()
+    if name not in DTYPES:
+        raise PreflightError(f"{key}: {name!r} is not a dtype; choose one of bfloat16, float16, float32")
+    return getattr(torch, DTYPES[name])
+
+
+def bnb_4bit(compute_dtype: Any) -> Any:
+    """transformers' nf4 config, compute in `compute_dtype` (the non-quantised layers must match it)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=True)
+
+
+def _torch() -> Any:
+    """torch if a backend already imported it (figures never import torch on their own)."""
+    return sys.modules.get("torch")
+
+
+def reset_peak() -> None:
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    """Peak GPU memory allocated since the last reset, in GiB (None without CUDA)."""
+    torch = _torch()
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def in_use_gib() -> float | None:
+    torch = _torch()
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.memory_allocated() / 2**30, 2)
+
+
+def free_memory() -> None:
+    """Give cached GPU memory back after a stage drops its models."""
+    gc.collect()
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def synchronize() -> None:
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class LoadedModel:
+    """Base for backends holding torch models: load once in `load()`, free on exit, keep figures."""
+
+    def _init_figures(self) -> None:
+        self.figures: dict[str, Any] = {}
+
+    def timed_load(self, load: Any) -> None:
+        reset_peak()
+        started = time.monotonic()
+        load()
+        synchronize()
+        self.figures = {"load_s": round(time.monotonic() - started, 3), "after_load_gib": in_use_gib()}
+
+    def stage_figures(self) -> dict[str, Any]:
+        """Load time and peak GPU memory so far (what run.json records for the stage)."""
+        return {**self.figures, "peak_vram_gib": peak_gib()}
+

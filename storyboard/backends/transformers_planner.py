@@ -1,0 +1,80 @@
+"""Planner on a local instruct model through transformers (optionally 4-bit with bitsandbytes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError, StageError
+from ..formats import Format
+from . import BackendBase, register
+from .hf_common import LoadedModel, bnb_4bit, device_of, dtype_of, free_memory, missing, resolve_model
+from .llm_common import parse_json_object, planner_messages
+
+
+@register("planner", "transformers")
+class TransformersPlanner(BackendBase, LoadedModel):
+    """Settings: model (hub id in the local cache, or a path), device, dtype, load_in_4bit,
+    max_new_tokens (6144), temperature (0.7), timeout_s (600: generation stops and the plan fails)."""
+
+    name = "transformers"
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self._init_figures()
+        self.model_ref = str(settings.get("model", "Qwen/Qwen2.5-14B-Instruct"))
+        self.load_in_4bit = bool(settings.get("load_in_4bit", False))
+        self.max_new_tokens = int(settings.get("max_new_tokens", 6144))
+        self.temperature = float(settings.get("temperature", 0.7))
+        self.timeout_s = float(settings.get("timeout_s", 600))
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_ref, "4bit": self.load_in_4bit, "temperature": self.temperature}
+
+    def missing_models(self) -> list[str]:
+        return missing({"planner": self.model_ref})
+
+    def __enter__(self) -> TransformersPlanner:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        def load() -> None:
+            path = resolve_model(self.model_ref, "planner")
+            device = device_of(self.settings)
+            dtype = dtype_of(self.settings, device)
+            extra: dict[str, Any] = {"quantization_config": bnb_4bit(dtype)} if self.load_in_4bit else {}
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device, **extra)
+            self.model.eval()
+
+        self.timed_load(load)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model = self.tokenizer = None
+        free_memory()
+
+    def plan(self, idea: str, fmt: Format, seed: int, feedback: str | None = None) -> dict[str, Any]:
+        import torch
+
+        system, user = planner_messages(idea, fmt, seed, feedback)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The answer is pre-filled with "{": the model can only continue a JSON object.
+        encoded = self.tokenizer(prompt + "{", return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            output = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens, max_time=self.timeout_s,
+                                         pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
+        new = output[0, encoded["input_ids"].shape[1]:]
+        finished = self.tokenizer.eos_token_id is not None and bool((new == self.tokenizer.eos_token_id).any())
+        text = "{" + self.tokenizer.decode(new, skip_special_tokens=True)
+        if not finished and len(new) >= self.max_new_tokens:
+            raise InputError(f"{self.name} planner ({self.model_ref}): the answer was cut at max_new_tokens={self.max_new_tokens} before the JSON closed")
+        try:
+            return parse_json_object(text, f"{self.name} planner ({self.model_ref})")
+        except Exception:
+            if not finished:
+                raise StageError(f"planner {self.model_ref}: no complete answer within timeout_s={self.timeout_s:.0f} s") from None
+            raise
