@@ -221,4 +221,4 @@ class DiffusersImage(BackendBase, LoadedModel):
             picture = self._call(self.pipe, family, request, request.prompt)
         if picture.size != (request.width, request.height):
             picture = picture.resize((request.width, request.height), Image.Resampling.LANCZOS)
-        picture.save(out, format="PNG")
+        picture.save(out, format="PNG", compress_level=1)  # fast deflate: the GPU waits on this
