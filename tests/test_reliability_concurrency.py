@@ -56,7 +56,7 @@ def test_case_24_batch_with_one_invalid_idea_finishes_the_others_and_resumes(tmp
     assert summary["failed"] == [{"line": 3, "idea": "A broken one", "error": summary["runs"][2]["error"]}]
     assert "no-such-format" in summary["failed"][0]["error"]
     assert all(Path(r["final"]).is_file() for r in summary["runs"] if r["status"] == "ok")
-    assert summary["loads"] == {"image": 1, "judge": 1, "tts": 1, "video": 1}  # once per stage for the batch
+    assert summary["loads"] == {"planner": 1, "image": 1, "judge": 1, "tts": 1, "video": 1}  # once per stage for the batch
     assert all(list((Path(r["run_dir"]) / "logs").glob("*.log")) for r in summary["runs"] if r["run_dir"])
     code, again = _batch(ideas, tmp_path / "out")
     assert code == 1 and [r["status"] for r in again["runs"]] == ["ok", "ok", "failed", "ok"]
