@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .context import BackendPool
+from .distribute import make_workers
 from .errors import InputError, StoryboardError
 from .pipeline import STAGES, create_run, open_run, run_log, stage_runner
 from .profiles import resolve_config
@@ -67,8 +72,11 @@ def read_ideas(path: Path, default_format: str, default_profile: str | None) -> 
 
 
 def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: str | None = None,
-              reporter: Reporter | None = None) -> dict[str, Any]:
-    """Plan every idea, then run each stage across all runs with its model loaded once; keep going past failures."""
+              reporter: Reporter | None = None, ray: str | None = None, gpus: str | None = None) -> dict[str, Any]:
+    """Plan every idea, then run each stage across all runs with its model loaded once; keep going past failures.
+
+    With `ray` or `gpus`, the beats of every run go to workers that each keep the stage's model
+    loaded, and the runs of a stage are worked on side by side so every worker stays busy."""
     started = time.monotonic()
     reporter = reporter or Reporter()
     items = read_ideas(path, format_name, profile)
@@ -96,35 +104,61 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
     for pool in pools.values():
         pool.release()
     # 2. Stage-major: every run's visual, then every run's judge, ... each pool holds its model across runs.
-    calls: dict[str, int] = {}
-    for stage in STAGES:
-        for item, result in zip(items, results):
-            if result.status != "ok" or result.run_dir is None:
-                continue
-            config, pool = pool_for(item)
-            t0 = time.monotonic()
-            try:
-                root = Path(result.run_dir)
-                with RunLock(root), run_log(RunDir(root)):
-                    ctx = open_run(root, config, reporter=reporter, keep_going=True, pool=pool)
+    calls: Counter[str] = Counter()
+    workers = None
+    if ray or gpus:
+        profiles = {item.profile or profile for item in items}
+        if len(profiles) > 1:
+            raise InputError(f"{path}: with --ray/--gpus every line must use one profile (found {', '.join(map(str, profiles))})")
+        workers = make_workers(resolve_config(profiles.pop()), ray, gpus)
+    counting = threading.Lock()
+
+    def one_stage(stage: str, item: BatchItem, result: BatchRun) -> None:
+        config, pool = pool_for(item)
+        t0 = time.monotonic()
+        try:
+            root = Path(str(result.run_dir))
+            with RunLock(root), run_log(RunDir(root)):
+                ctx = open_run(root, config, reporter=reporter, keep_going=True, pool=pool, workers=workers)
+                try:
                     stage_runner(ctx, stage, force_render=False, only_beat=None, check_failures=True)
-                    for name, count in ctx.calls.items():
-                        calls[name] = calls.get(name, 0) + count
-            except StoryboardError as error:
-                result.status, result.error = "failed", f"{stage}: {error}"
-                log.error("batch: %s: %s", result.run_dir, result.error)
-            result.stages[stage] = round(time.monotonic() - t0, 3)
-        for pool in pools.values():
-            pool.release()
+                finally:
+                    with counting:
+                        calls.update(ctx.calls)
+        except StoryboardError as error:
+            result.status, result.error = "failed", f"{stage}: {error}"
+            log.error("batch: %s: %s", result.run_dir, result.error)
+        result.stages[stage] = round(time.monotonic() - t0, 3)
+
+    try:
+        for stage in STAGES:
+            todo = [(item, result) for item, result in zip(items, results) if result.status == "ok" and result.run_dir is not None]
+            if workers is not None and stage in ("visual", "video"):
+                with ThreadPoolExecutor(max_workers=max(1, len(todo))) as threads:
+                    for future in [threads.submit(contextvars.copy_context().run, one_stage, stage, i, r) for i, r in todo]:
+                        future.result()
+            else:
+                for item, result in todo:
+                    one_stage(stage, item, result)
+            for pool in pools.values():
+                pool.release()
+            if workers is not None:
+                workers.release()
+        worker_loads = workers.loads() if workers is not None else {}
+    finally:
+        if workers is not None:
+            workers.close()
     for result in results:
         final = Path(result.run_dir or ".") / "final.mp4"
         result.final = str(final) if result.status == "ok" and final.is_file() else None
-    loads = {name: n for pool in pools.values() for name, n in pool.loads.items()}
+    loads = Counter(worker_loads)
+    for pool in pools.values():
+        loads.update(pool.loads)
     return {
         "status": "ok" if all(r.status == "ok" for r in results) else "failed",
         "runs": [asdict(r) for r in results],
         "failed": [{"line": r.line, "idea": r.idea, "error": r.error} for r in results if r.status != "ok"],
-        "loads": loads,
-        "calls": calls,
+        "loads": dict(loads),
+        "calls": dict(calls),
         "seconds": round(time.monotonic() - started, 3),
     }

@@ -72,6 +72,8 @@ def _print_summary(summary: Any, json_out: bool) -> None:
 
 
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile name or YAML path (default: offline, or the run's own).")
+RayOpt = typer.Option(None, "--ray", help="Spread beats over a Ray cluster: auto (running cluster, else a local one) | local | ADDRESS.")
+GpusOpt = typer.Option(None, "--gpus", help="Without Ray: split each stage's beats across these local GPUs, e.g. 0,1.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable summary on stdout; everything else on stderr.")
 DirArg = typer.Argument(..., help="A run directory, e.g. outputs/20261122-a-cat-judge-1a2b3c.", file_okay=False)
 
@@ -88,6 +90,8 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Base seed of a new plan."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Finish other beats when one fails; exit 1 at the end."),
     with_review: bool = typer.Option(False, "--review", help="Review final.mp4 afterwards and write review.md."),
+    ray: str = RayOpt,
+    gpus: str = GpusOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run every stage: plan, visual, judge, video, render (and review with --review).
@@ -102,7 +106,8 @@ def run(
             raise InputError("give exactly one of --idea or --dir (see storyboard run --help)")
         overrides = {"image": {"quality": quality}}
         summary = run_pipeline(idea, directory, format_name=format_name, profile=profile, out=out_root, regen=regen_beats,
-                               keep_going=keep_going, seed=seed, overrides=overrides, reporter=reporter, with_review=with_review)
+                               keep_going=keep_going, seed=seed, overrides=overrides, reporter=reporter, with_review=with_review,
+                               ray=ray, gpus=gpus)
         _print_summary(summary, json_out)
         return summary
 
@@ -209,17 +214,20 @@ def batch(
     out_root: Path = typer.Option(Path("outputs"), "--out", "-o", help="Where the run directories go."),
     format_name: str = typer.Option("drama10", "--format", "-f", help="Default format for plain-text lines."),
     profile: str = ProfileOpt,
+    ray: str = RayOpt,
+    gpus: str = GpusOpt,
 ) -> None:
     """Make one short per idea, stage by stage across all of them (each model loads once per stage).
 
     Keeps going past a failed idea; re-invoked, it redoes only what is missing. Prints a JSON
     summary on stdout; exit 0 only if every idea succeeded.
     Example: storyboard batch ideas.txt --out outputs/nightly
+    On a GPU cluster: storyboard batch ideas.txt --ray auto (or --gpus 0,1 on one host without Ray)
     """
     from .batch import run_batch
 
     def action(reporter: Reporter) -> Any:
-        summary = run_batch(ideas, out_root, format_name=format_name, profile=profile, reporter=reporter)
+        summary = run_batch(ideas, out_root, format_name=format_name, profile=profile, reporter=reporter, ray=ray, gpus=gpus)
         print(json.dumps(summary, ensure_ascii=False))
         if summary["status"] != "ok":
             for failure in summary["failed"]:

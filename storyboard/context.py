@@ -100,6 +100,7 @@ class RunContext:
     calls: Counter[str] = field(default_factory=Counter)
     preflight: Callable[[RunContext], None] | None = None
     pool: BackendPool | None = None
+    workers: Any = None  # distribute.Workers: beats made on several GPUs (`--gpus`) or Ray workers (`--ray`)
     _checked: bool = False
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import BackendPool, RunContext, StageResult, parse_beat_list
+from .distribute import Workers, make_workers
 from .errors import InputError, StageError
 from .formats import load_format
 from .judge import judge
@@ -28,6 +30,7 @@ from .visual import visual
 
 log = logging.getLogger("storyboard")
 STAGES = ("visual", "judge", "video", "render")
+CURRENT_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("storyboard_run", default=None)
 
 
 @dataclass
@@ -68,13 +71,13 @@ def saved_profile(root: Path) -> str | None:
 
 
 def open_run(root: Path, config: dict[str, Any], *, reporter: Reporter | None = None, keep_going: bool = False,
-             pool: BackendPool | None = None) -> RunContext:
+             pool: BackendPool | None = None, workers: Workers | None = None) -> RunContext:
     """Open a run directory for work (call with its lock held): clean leftovers, read plan and manifest."""
     rd = RunDir(root)
     rd.ensure()
     for leftover in rd.clean_temporaries():
         log.info("removed leftover temporary file %s", leftover.name)
-    ctx = RunContext.open(root, config, reporter=reporter or Reporter(), keep_going=keep_going, preflight=preflight, pool=pool)
+    ctx = RunContext.open(root, config, reporter=reporter or Reporter(), keep_going=keep_going, preflight=preflight, pool=pool, workers=workers)
     ctx.manifest.data["config"] = config
     return ctx
 
@@ -107,6 +110,9 @@ def run_log(rd: RunDir) -> Iterator[Path]:
     path = rd.logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # Runs of a batch can work side by side in threads: each log takes only its own run's lines.
+    token = CURRENT_RUN.set(str(rd.root))
+    handler.addFilter(lambda record, root=str(rd.root): CURRENT_RUN.get() == root)
     logger = logging.getLogger("storyboard")
     logger.addHandler(handler)
     level = logger.level
@@ -115,6 +121,7 @@ def run_log(rd: RunDir) -> Iterator[Path]:
     try:
         yield path
     finally:
+        CURRENT_RUN.reset(token)
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
@@ -129,14 +136,15 @@ def run_stages(
     reporter: Reporter | None = None,
     stages: tuple[str, ...] = STAGES,
     only_beat: int | None = None,
+    workers: Workers | None = None,
 ) -> RunSummary:
-    """Run `stages` on an existing run directory under its lock."""
+    """Run `stages` on an existing run directory under its lock (beats on `workers` when given)."""
     started = time.monotonic()
     summary = RunSummary(run_dir=str(root))
     if not root.is_dir():
         raise InputError(f"{root}: no such run directory")
     with RunLock(root), run_log(RunDir(root)):
-        ctx = open_run(root, config, reporter=reporter, keep_going=keep_going)
+        ctx = open_run(root, config, reporter=reporter, keep_going=keep_going, workers=workers)
         force_render = False
         if regen:
             beats = parse_beat_list(regen, len(ctx.plan.beats))
@@ -151,7 +159,11 @@ def run_stages(
         results: list[StageResult] = []
         try:
             for name in stages:
-                result = stage_runner(ctx, name, force_render=force_render, only_beat=only_beat, check_failures=False)
+                try:
+                    result = stage_runner(ctx, name, force_render=force_render, only_beat=only_beat, check_failures=False)
+                finally:
+                    if workers is not None:
+                        workers.release()  # the next stage's model needs the GPU
                 results.append(result)
                 summary.stages[name] = {"done": sorted(result.done), "failed": result.failed, "seconds": round(result.seconds, 3), "loads": result.loads}
                 if result.failed:
@@ -179,8 +191,10 @@ def run(
     overrides: dict[str, dict[str, Any]] | None = None,
     reporter: Reporter | None = None,
     with_review: bool = False,
+    ray: str | None = None,
+    gpus: str | None = None,
 ) -> RunSummary:
-    """The whole pipeline for a new idea (`idea`) or an existing run (`directory`)."""
+    """The whole pipeline for a new idea (`idea`) or an existing run (`directory`); `ray`/`gpus` spread the beats."""
     if (idea is None) == (directory is None):
         raise InputError("give exactly one of --idea or --dir")
     if directory is not None and profile is None:
@@ -189,4 +203,9 @@ def run(
     root = create_run(idea, format_name, config, out, seed) if idea is not None else directory
     assert root is not None
     stages = (*STAGES, "review") if with_review else STAGES
-    return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter, stages=stages)
+    workers = make_workers(config, ray, gpus)
+    try:
+        return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter, stages=stages, workers=workers)
+    finally:
+        if workers is not None:
+            workers.close()

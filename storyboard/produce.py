@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -54,6 +56,22 @@ def pending(ctx: RunContext, items: Iterable[Item]) -> list[Item]:
     return todo
 
 
+def local_backend(ctx: RunContext, capability: str) -> contextlib.AbstractContextManager[Any]:
+    """The backend loaded here, or nothing when the stage's work goes to workers (`--gpus`, `--ray`)."""
+    if ctx.workers is not None and capability in ctx.workers.distributes:
+        return contextlib.nullcontext(None)
+    return ctx.loaded(capability)
+
+
+def producer(ctx: RunContext, capability: str, make: Callable[[RunContext, Any, Item, Path], dict[str, Any]],
+             backend: Any) -> tuple[Callable[[Item, Path], dict[str, Any]], int]:
+    """(make(item, tmp), how many at a time): on the loaded local backend, or on the workers."""
+    if backend is None and ctx.workers is not None:
+        workers = ctx.workers
+        return (lambda item, tmp: workers.make(capability, ctx, item, tmp)), workers.size
+    return (lambda item, tmp: make(ctx, backend, item, tmp)), 1
+
+
 def generate(
     ctx: RunContext,
     result: StageResult,
@@ -79,7 +97,7 @@ def generate(
         if workers > 1:
             pool = ThreadPoolExecutor(max_workers=workers)
             try:
-                futures = [(item, pool.submit(one, item)) for item in todo]
+                futures = [(item, pool.submit(contextvars.copy_context().run, one, item)) for item in todo]  # keeps the run's log
                 for item, future in futures:
                     _collect(ctx, result, item, future.result, advance, label)
             except BaseException:

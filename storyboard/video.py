@@ -13,7 +13,7 @@ from .context import RunContext, StageResult
 from .errors import StageError
 from .keys import Inputs, file_hash
 from .media import decode_audio, probe, speech_span, wav_duration
-from .produce import Item, generate, make_item, pending
+from .produce import Item, generate, local_backend, make_item, pending, producer
 
 STAGE_VERSION = 1
 
@@ -95,7 +95,7 @@ def clip_items(ctx: RunContext) -> list[Item]:
     return [make_item(ctx, n, ctx.rd.clip(n, ctx.plan.beat_type(n)), clip_inputs(ctx, n)) for n in ctx.plan.beat_numbers]
 
 
-def _speak(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+def speak_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
     voice = VoiceSpec(**item.inputs["voice"])
     ctx.calls["tts.speak"] += 1
     backend.speak(item.inputs["line"], voice, item.inputs["language"], item.inputs["seed"], tmp)
@@ -105,7 +105,7 @@ def _speak(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, An
     return {"backend": backend.name, "seconds_of_speech": round(seconds, 3)}
 
 
-def _animate(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+def animate_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
     plan, n = ctx.plan, item.number
     audio = ctx.rd.audio(n) if item.inputs["audio"] else None
     previous = ctx.rd.clip(n - 1, plan.beat_type(n - 1)) if "previous_clip" in item.inputs else None
@@ -146,18 +146,23 @@ def video(ctx: RunContext) -> StageResult:
     if todo:
         ctx.ready_for_work()
         load_started = time.monotonic()
-        with ctx.loaded("tts") as tts:
+        with local_backend(ctx, "tts") as tts:
             figures["tts_load_s"] = round(time.monotonic() - load_started, 3)
-            generate(ctx, result, todo, lambda item, tmp: _speak(ctx, tts, item, tmp), lambda item: f"voice {item.number:02d}")
+            make, workers = producer(ctx, "tts", speak_one, tts)
+            generate(ctx, result, todo, make, lambda item: f"voice {item.number:02d}", workers=workers)
     # 2. Clips, whose keys include the speech and image hashes.
     todo = pending(ctx, clip_items(ctx))
     if todo:
         ctx.ready_for_work()
         load_started = time.monotonic()
-        with ctx.loaded("video") as backend:
-            workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
+        with local_backend(ctx, "video") as backend:
             figures["video_load_s"] = round(time.monotonic() - load_started, 3)
-            generate(ctx, result, todo, lambda item, tmp: _animate(ctx, backend, item, tmp), lambda item: f"clip {item.number:02d}", workers=workers)
+            make, workers = producer(ctx, "video", animate_one, backend)
+            if backend is not None:
+                workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
+            generate(ctx, result, todo, make, lambda item: f"clip {item.number:02d}", workers=workers)
+            if backend is not None and hasattr(backend, "stage_figures"):
+                figures.update(backend.stage_figures())
     result.loads = ctx.calls["tts.load"] + ctx.calls["video.load"]
     if result.done or result.failed:
         result.seconds = time.monotonic() - started

@@ -11,7 +11,7 @@ from .backends import ImageRequest
 from .context import RunContext, StageResult
 from .errors import StageError
 from .keys import Inputs, file_hash
-from .produce import Item, generate, make_item, pending
+from .produce import Item, generate, local_backend, make_item, pending, producer
 
 STAGE_VERSION = 1
 QUALITIES = ("draft", "final")
@@ -165,16 +165,18 @@ def visual(ctx: RunContext, only_beat: int | None = None) -> StageResult:
     if todo:
         ctx.ready_for_work()
         load_started = time.monotonic()
-        with ctx.loaded("image") as backend:
-            result.loads = ctx.calls["image.load"]
+        with local_backend(ctx, "image") as backend:
             load_s = time.monotonic() - load_started
             if uses_base(ctx):
                 # Base scenes first; beats are keyed on their base's bytes, so look again afterwards.
                 bases = pending(ctx, base_items(ctx, [i.number for i in todo]))
-                generate(ctx, StageResult("visual"), bases, lambda item, tmp: draw_base(ctx, backend, item, tmp), lambda item: f"base {item.rel}")
+                make, workers = producer(ctx, "image.base", draw_base, backend)
+                generate(ctx, StageResult("visual"), bases, make, lambda item: f"base {item.rel}", workers=workers)
                 todo = pending(ctx, items(ctx, only))
-            generate(ctx, result, todo, lambda item, tmp: draw_one(ctx, backend, item, tmp), lambda item: f"beat {item.number:02d}")
+            make, workers = producer(ctx, "image", draw_one, backend)
+            generate(ctx, result, todo, make, lambda item: f"beat {item.number:02d}", workers=workers)
             figures = backend.stage_figures() if hasattr(backend, "stage_figures") else {}
+        result.loads = ctx.calls["image.load"]
         result.seconds = time.monotonic() - started
         ctx.manifest.record_stage("visual", {"load_s": round(load_s, 3), **figures, "seconds": round(result.seconds, 3), "beats": result.done})
     return result
