@@ -72,7 +72,8 @@ def read_ideas(path: Path, default_format: str, default_profile: str | None) -> 
 
 
 def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: str | None = None,
-              reporter: Reporter | None = None, ray: str | None = None, gpus: str | None = None) -> dict[str, Any]:
+              reporter: Reporter | None = None, ray: str | None = None, gpus: str | None = None,
+              stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
     """Plan every idea, then run each stage across all runs with its model loaded once; keep going past failures.
 
     With `ray` or `gpus`, the beats of every run go to workers that each keep the stage's model
@@ -131,7 +132,7 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
         result.stages[stage] = round(time.monotonic() - t0, 3)
 
     try:
-        for stage in STAGES:
+        for stage in stages:
             todo = [(item, result) for item, result in zip(items, results) if result.status == "ok" and result.run_dir is not None]
             if workers is not None and stage in ("visual", "video"):
                 with ThreadPoolExecutor(max_workers=max(1, len(todo))) as threads:

@@ -179,7 +179,7 @@ def make_workers(config: dict[str, Any], ray_address: str | None, gpus: str | No
         return RayWorkers(config, ray_address, ray_workers)
     if gpus:
         ids = [g.strip() for g in gpus.split(",") if g.strip()]
-        if not ids or not all(g.isdigit() for g in ids):
+        if not ids or not all(g.isdigit() or g == "cpu" for g in ids):
             raise InputError(f"--gpus {gpus!r}: give GPU indices, e.g. --gpus 0,1")
-        return LocalGPUs(config, [f"cuda:{g}" for g in ids])
+        return LocalGPUs(config, [f"cuda:{g}" if g.isdigit() else g for g in ids])  # `cpu` entries: the same path without a GPU
     return None

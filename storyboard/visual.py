@@ -171,7 +171,10 @@ def visual(ctx: RunContext, only_beat: int | None = None) -> StageResult:
                 # Base scenes first; beats are keyed on their base's bytes, so look again afterwards.
                 bases = pending(ctx, base_items(ctx, [i.number for i in todo]))
                 make, workers = producer(ctx, "image.base", draw_base, backend)
-                generate(ctx, StageResult("visual"), bases, make, lambda item: f"base {item.rel}", workers=workers)
+                drawn = StageResult("visual")
+                generate(ctx, drawn, bases, make, lambda item: f"base {item.rel}", workers=workers)
+                if drawn.failed:
+                    raise StageError(f"visual: the base scene failed ({'; '.join(drawn.failed.values())}); its beats cannot be drawn")
                 todo = pending(ctx, items(ctx, only))
             make, workers = producer(ctx, "image", draw_one, backend)
             generate(ctx, result, todo, make, lambda item: f"beat {item.number:02d}", workers=workers)
