@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +20,6 @@ from .rundir import RunDir
 from .schema import Plan, load_plan
 
 log = logging.getLogger("storyboard")
-_LOADING = threading.Lock()
 
 
 @dataclass
@@ -64,8 +62,7 @@ class BackendPool:
         backend = self.get(capability)
         if capability not in self._open:
             started = time.monotonic()
-            with _LOADING:  # model loaders patch global state (meta-device init): one load at a time per process
-                backend.__enter__()
+            backend.__enter__()
             self._open[capability] = 0
             self.loads[capability] += 1
             calls[f"{capability}.load"] += 1

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import PreflightError, StageError
 from . import BackendBase, ImageRequest, register
-from .hf_common import LoadedModel, device_of, dtype_of, free_memory, missing, resolve_model
+from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, missing, resolve_model
 
 # Per model family (the pipeline class in model_index.json): the model's own recommended settings.
 # draft = about 1024 on the long side and few steps; final = full size and the recommended steps.
@@ -112,8 +112,9 @@ class DiffusersImage(BackendBase, LoadedModel):
 
     # -- load once per stage -------------------------------------------------------------------------
     def _load_pipeline(self, ref: str, what: str, dtype: Any, device: str, shared: dict[str, Any] | None = None) -> Any:
-        import torch
-        from diffusers import DiffusionPipeline
+        with LOAD_LOCK:  # diffusers' lazy imports and from_pretrained are not safe in two threads at once
+            import torch
+            from diffusers import DiffusionPipeline, PipelineQuantizationConfig
 
         path = resolve_model(ref, what)
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8")) if (path / "model_index.json").is_file() else {}
@@ -122,14 +123,13 @@ class DiffusersImage(BackendBase, LoadedModel):
         if shared:
             kwargs.update({k: v for k, v in shared.items() if k in index and index[k][1] == type(v).__name__})
         if self.settings.get("text_encoder_4bit") and encoders:
-            from diffusers import PipelineQuantizationConfig
-
             todo = [name for name in encoders if name not in kwargs]
             if todo:
                 kwargs["quantization_config"] = PipelineQuantizationConfig(
                     quant_backend="bitsandbytes_4bit", components_to_quantize=todo,
                     quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype})
-        pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+        with LOAD_LOCK:
+            pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
         denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
         if self.settings.get("fp8") and denoiser is not None:
             denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
@@ -161,9 +161,10 @@ class DiffusersImage(BackendBase, LoadedModel):
                 shared = self.pipe.components if self.settings.get("share_components", True) else None
                 self.edit_pipe = self._load_pipeline(str(self.edit_ref), "image edit", dtype, device, shared)
             else:
-                from diffusers import AutoPipelineForImage2Image
+                with LOAD_LOCK:
+                    from diffusers import AutoPipelineForImage2Image
 
-                self.edit_pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)  # same weights, no extra memory
+                    self.edit_pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)  # same weights, no extra memory
                 self.edit_pipe.set_progress_bar_config(disable=True)
 
         self.timed_load(load)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import PreflightError
 
+# from_pretrained patches process-wide state while it builds modules (meta-device init): two loads at
+# once in one process (a pipeline per GPU under --gpus) corrupt each other. Reading weights is serialised;
+# moving them to each GPU is not.
+LOAD_LOCK = threading.Lock()
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "float32": "float32", "fp32": "float32"}
 
 
