@@ -10,7 +10,6 @@ distributed run leaves exactly the files and keys a local run leaves.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 from collections import Counter
 from collections.abc import Callable
@@ -60,62 +59,32 @@ class Workers:
 
 
 class LocalGPUs(Workers):
-    """One worker process per local GPU (it sees only its GPU), each holding the stage's model; a beat goes
-    to whichever is free. Processes, not threads: two pipelines driven from one interpreter fight over the GIL."""
+    """One backend pool per local GPU; a beat goes to whichever device is free."""
 
     def __init__(self, config: dict[str, Any], devices: list[str]) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         self.size = len(devices)
-        spawn = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
-        self._free: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._pools = [(d, ProcessPoolExecutor(1, mp_context=spawn, initializer=_start_worker, initargs=(config, d))) for d in devices]
+        self._free: queue.Queue[tuple[str, BackendPool]] = queue.Queue()
+        self._pools = [(d, BackendPool(_with_device(config, d), hold=True)) for d in devices]
         for entry in self._pools:
             self._free.put(entry)
 
     def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
-        device, worker = self._free.get()
+        device, pool = self._free.get()
         try:
-            extra, calls = worker.submit(_worker_call, "make", capability, str(ctx.rd.root), item.number, item.rel, item.inputs, str(tmp)).result()
+            with pool.loaded(capability.split(".")[0], ctx.calls) as backend:
+                return {**_maker(capability)(ctx, backend, item, tmp), "device": device}
         finally:
-            self._free.put((device, worker))
-        ctx.calls.update(calls)
-        return {**extra, "device": device}
+            self._free.put((device, pool))
 
     def release(self) -> None:
-        for _, worker in self._pools:
-            worker.submit(_worker_call, "release").result()
+        for _, pool in self._pools:
+            pool.release()
 
     def loads(self) -> dict[str, int]:
         total: Counter[str] = Counter()
-        for _, worker in self._pools:
-            total.update(worker.submit(_worker_call, "loads").result())
+        for _, pool in self._pools:
+            total.update(pool.loads)
         return dict(total)
-
-    def close(self) -> None:
-        try:
-            self.release()
-        finally:
-            for _, worker in self._pools:
-                worker.shutdown(wait=True, cancel_futures=True)
-
-
-_WORKER: StageWorker | None = None
-
-
-def _start_worker(config: dict[str, Any], device: str) -> None:
-    """In a LocalGPUs process: see only this GPU, then hold a StageWorker for it."""
-    global _WORKER
-    if device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
-        device = "cuda"
-    _WORKER = StageWorker(_with_device(config, device))
-
-
-def _worker_call(method: str, *args: Any) -> Any:
-    assert _WORKER is not None
-    return getattr(_WORKER, method)(*args)
 
 
 class StageWorker:
