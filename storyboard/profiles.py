@@ -13,7 +13,7 @@ from .errors import InputError
 from .resources import profiles_dir
 
 DEFAULT_PROFILE = "offline"
-SECTIONS = ("planner", "image", "judge", "tts", "video", "reviewer", "render")
+SECTIONS = ("planner", "image", "judge", "tts", "qa", "video", "reviewer", "render")
 
 
 def profile_names() -> list[str]:
@@ -56,4 +56,5 @@ def resolve_config(profile: str | None = None, overrides: dict[str, dict[str, An
     for section, values in (overrides or {}).items():
         config.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     config["reviewer"].setdefault("backend", "checks")
+    config["qa"].setdefault("backend", "none")
     return config

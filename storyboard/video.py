@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import time
@@ -14,7 +16,10 @@ from .errors import StageError
 from .keys import Inputs, file_hash
 from .media import decode_audio, probe, speech_span, wav_duration
 from .produce import Item, generate, local_backend, make_item, pending, producer
+from .rundir import temp_path_for
+from .speechqa import TakeCheck, best, check_take
 
+log = logging.getLogger("storyboard")
 STAGE_VERSION = 1
 
 
@@ -37,6 +42,7 @@ def audio_inputs(ctx: RunContext, number: int) -> Inputs:
         "language": ctx.plan.language,
         "voice": {"voice": member.voice, "pitch": member.voice_pitch, "speed": member.voice_speed},
         "seed": ctx.seed(number),
+        **({"qa": qa.identity()} if getattr(qa := ctx.backend("qa"), "enabled", False) else {}),
     }
 
 
@@ -95,14 +101,44 @@ def clip_items(ctx: RunContext) -> list[Item]:
     return [make_item(ctx, n, ctx.rd.clip(n, ctx.plan.beat_type(n)), clip_inputs(ctx, n)) for n in ctx.plan.beat_numbers]
 
 
-def speak_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
-    voice = VoiceSpec(**item.inputs["voice"])
+def _voice(ctx: RunContext, backend: Any, item: Item, seed: int, out: Path) -> float:
+    """One take of the line into `out`; its length (StageError if nothing audible came out)."""
     ctx.calls["tts.speak"] += 1
-    backend.speak(item.inputs["line"], voice, item.inputs["language"], item.inputs["seed"], tmp)
-    seconds = wav_duration(tmp)
-    if seconds < 0.2 or speech_span(decode_audio(tmp), 16000) is None:
+    backend.speak(item.inputs["line"], VoiceSpec(**item.inputs["voice"]), item.inputs["language"], seed, out)
+    seconds = wav_duration(out)
+    if seconds < 0.2 or speech_span(decode_audio(out), 16000) is None:
         raise StageError(f"TTS produced no audible speech ({seconds:.2f} s)")
-    return {"backend": backend.name, "seconds_of_speech": round(seconds, 3)}
+    return seconds
+
+
+def speak_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+    """Voice a line; with speech QA, up to `max_takes` takes until one is the line without a long gap, keeping the best."""
+    if "qa" not in item.inputs:
+        return {"backend": backend.name, "seconds_of_speech": round(_voice(ctx, backend, item, item.inputs["seed"], tmp), 3)}
+    with ctx.loaded("qa") as qa:
+        checks: list[TakeCheck] = []
+        paths: list[Path] = []
+        try:
+            for take in range(max(1, qa.max_takes)):
+                seed = item.inputs["seed"] if take == 0 else ctx.seed(item.number, 1000 + take)
+                path = tmp if take == 0 else temp_path_for(item.path)
+                paths.append(path)
+                _voice(ctx, backend, item, seed, path)
+                ctx.calls["qa.check"] += 1
+                checks.append(check_take(qa, path, item.inputs["line"], item.inputs["language"], seed, qa.min_similarity, qa.max_gap_s))
+                if checks[-1].ok:
+                    break
+            keep = best(checks)
+            if keep:
+                os.replace(paths[keep], tmp)
+        finally:
+            for path in paths[1:]:
+                path.unlink(missing_ok=True)
+    if not checks[keep].ok:
+        log.warning("video: beat %d: no take passed speech QA in %d tries; kept take %d (similarity %.2f, gap %.2f s)",
+                    item.number, len(checks), keep + 1, checks[keep].similarity, checks[keep].gap_s)
+    return {"backend": backend.name, "seconds_of_speech": round(wav_duration(tmp), 3), "takes": [c.record() for c in checks],
+            "kept_take": keep + 1, "qa_ok": checks[keep].ok}
 
 
 def animate_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
@@ -146,8 +182,9 @@ def video(ctx: RunContext) -> StageResult:
     if todo:
         ctx.ready_for_work()
         load_started = time.monotonic()
-        with local_backend(ctx, "tts") as tts:
-            figures["tts_load_s"] = round(time.monotonic() - load_started, 3)
+        qa_on = getattr(ctx.backend("qa"), "enabled", False)
+        with local_backend(ctx, "tts") as tts, (ctx.loaded("qa") if qa_on and tts is not None else contextlib.nullcontext()):
+            figures["tts_load_s"] = round(time.monotonic() - load_started, 3)  # the recogniser (speech QA) loads with it, once
             make, workers = producer(ctx, "tts", speak_one, tts)
             generate(ctx, result, todo, make, lambda item: f"voice {item.number:02d}", workers=workers)
     # 2. Clips, whose keys include the speech and image hashes.

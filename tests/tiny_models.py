@@ -47,3 +47,18 @@ def vlm(path: Path) -> Path:
     return path
 
 
+
+
+def whisper_checkpoint(path: Path) -> Path:
+    """A 1-layer multilingual Whisper with random weights, saved as openai-whisper's checkpoint format."""
+    import torch
+    import whisper
+    from whisper.model import ModelDimensions
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    model = whisper.model.Whisper(dims)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
+    return path
