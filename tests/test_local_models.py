@@ -190,3 +190,19 @@ def test_fp8_storage_and_bucket_snapping_check(models: dict[str, Path], tmp_path
                 backend.draw(request, tmp_path / "snap.png")
         finally:
             type(backend.pipe).__call__ = real
+
+
+def test_transformers_tts_voices_every_line_with_one_load(tmp_path: Path) -> None:
+    from storyboard.media import probe
+
+    model = tiny_models.vits(tmp_path / "vits")
+    config = resolve_config("offline", {"tts": {"backend": "transformers", "model": str(model), "device": "cpu"}})
+    root = create_run(IDEA, "explainer5", config, tmp_path / "runs")
+    summary = run_stages(root, config, stages=("visual", "video"))
+    assert summary.status == "ok", summary
+    assert summary.calls["tts.load"] == 1 and summary.calls["tts.speak"] == 6
+    artifacts = json.loads((root / "run.json").read_text())["artifacts"]
+    for rel in (r for r in artifacts if r.startswith("audio/")):
+        info = probe(root / rel)
+        assert info.sample_rate == 48000 and info.channels == 2 and (info.audio_duration or 0) > 0.2
+        assert artifacts[rel]["inputs"]["backend"]["model"] == str(model)

@@ -62,3 +62,22 @@ def whisper_checkpoint(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
     return path
+
+
+def vits(path: Path) -> Path:
+    """A small VITS (MMS-TTS architecture) with a character tokenizer, saved under `path`."""
+    import json
+
+    import torch
+    from transformers import VitsConfig, VitsModel, VitsTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    chars = ["<pad>", *" abcdefghijklmnopqrstuvwxyz'.,!?-"]
+    (path / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
+    VitsTokenizer(str(path / "vocab.json"), add_blank=True, normalize=True, phonemize=False, pad_token="<pad>", unk_token="<pad>").save_pretrained(path)
+    torch.manual_seed(0)
+    config = VitsConfig(vocab_size=len(chars), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, flow_size=32,
+                        upsample_initial_channel=32, spectrogram_bins=65, prior_encoder_num_flows=2, prior_encoder_num_wavenet_layers=2,
+                        posterior_encoder_num_wavenet_layers=2, duration_predictor_filter_channels=32, sampling_rate=16000)
+    VitsModel(config).save_pretrained(path)
+    return path

@@ -11,6 +11,14 @@ from ..ffmpeg import run_ffmpeg
 from ..rundir import temp_path_for
 from . import BackendBase, VoiceSpec, register
 
+
+def finish_take(raw: Path, pitch: float, out_wav: Path, what: str) -> None:
+    """A model's raw take → the run's speech format: pitch shifted (semitones, formants kept), 48 kHz stereo PCM."""
+    chain = [f"rubberband=pitch={2 ** (pitch / 12):.5f}:formant=preserved"] if pitch else []
+    chain.append(f"aresample={SAMPLE_RATE}")
+    run_ffmpeg(["-i", str(raw), "-af", ",".join(chain), "-ac", "2", "-c:a", "pcm_s16le", str(out_wav)], what=what)
+
+
 SAMPLE_RATE = 48000
 
 
@@ -72,10 +80,6 @@ class PiperTTS(BackendBase):
         try:
             with wave.open(str(raw), "wb") as handle:
                 model.synthesize_wav(text, handle, syn_config=SynthesisConfig(length_scale=1.0 / voice.speed))
-            chain = []
-            if voice.pitch:
-                chain.append(f"rubberband=pitch={2 ** (voice.pitch / 12):.5f}:formant=preserved")
-            chain.append(f"aresample={SAMPLE_RATE}")
-            run_ffmpeg(["-i", str(raw), "-af", ",".join(chain), "-ac", "2", "-c:a", "pcm_s16le", str(out_wav)], what=f"voice {voice.voice}")
+            finish_take(raw, voice.pitch, out_wav, f"voice {voice.voice}")
         finally:
             raw.unlink(missing_ok=True)
