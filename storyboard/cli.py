@@ -90,6 +90,7 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Base seed of a new plan."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Finish other beats when one fails; exit 1 at the end."),
     with_review: bool = typer.Option(False, "--review", help="Review final.mp4 afterwards and write review.md."),
+    with_judge: bool = typer.Option(True, "--judge/--no-judge", help="Judge every beat image (redraw failures) before animating."),
     ray: str = RayOpt,
     gpus: str = GpusOpt,
     json_out: bool = JsonOpt,
@@ -107,7 +108,7 @@ def run(
         overrides = {"image": {"quality": quality}}
         summary = run_pipeline(idea, directory, format_name=format_name, profile=profile, out=out_root, regen=regen_beats,
                                keep_going=keep_going, seed=seed, overrides=overrides, reporter=reporter, with_review=with_review,
-                               ray=ray, gpus=gpus)
+                               ray=ray, gpus=gpus, with_judge=with_judge)
         _print_summary(summary, json_out)
         return summary
 

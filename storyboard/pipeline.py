@@ -193,6 +193,7 @@ def run(
     with_review: bool = False,
     ray: str | None = None,
     gpus: str | None = None,
+    with_judge: bool = True,
 ) -> RunSummary:
     """The whole pipeline for a new idea (`idea`) or an existing run (`directory`); `ray`/`gpus` spread the beats."""
     if (idea is None) == (directory is None):
@@ -202,7 +203,7 @@ def run(
     config = resolve_config(profile, overrides)
     root = create_run(idea, format_name, config, out, seed) if idea is not None else directory
     assert root is not None
-    stages = (*STAGES, "review") if with_review else STAGES
+    stages = tuple(s for s in STAGES if with_judge or s != "judge") + (("review",) if with_review else ())
     workers = make_workers(config, ray, gpus)
     try:
         return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter, stages=stages, workers=workers)

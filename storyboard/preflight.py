@@ -90,7 +90,9 @@ def check_backends(config: dict[str, Any]) -> list[Check]:
         if missing:
             checks.append(Check(capability, False, f"{backend.name}: missing {', '.join(missing)}", "see the model's fetch command above"))
         else:
-            checks.append(Check(capability, True, backend.name))
+            ident = backend.identity()
+            models = [str(ident[k]) for k in ("model", "edit_model") if ident.get(k)]
+            checks.append(Check(capability, True, f"{backend.name}: {', '.join(models)} found" if models and hasattr(backend, "missing_models") else backend.name))
     return checks
 
 

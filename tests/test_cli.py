@@ -56,3 +56,12 @@ def test_doctor_reports_ok() -> None:
     result = cli("doctor")
     assert result.returncode == 0, result.stdout
     assert "ffmpeg" in result.stdout and "font" in result.stdout
+
+
+def test_no_judge_skips_the_judge_stage(run_copy: Path) -> None:
+    (run_copy / "judge.json").unlink()
+    result = cli("run", "--dir", str(run_copy), "--no-judge", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert "judge" not in summary["stages"] and "render" in summary["stages"]
+    assert not (run_copy / "judge.json").exists()

@@ -100,6 +100,8 @@ def test_visual_and_judge_stages_on_tiny_flux_and_vlm(models: dict[str, Path], t
     (root / "plan.json").write_text(json.dumps(plan))
     summary = run_stages(root, config, stages=("visual", "judge"))
     assert summary.status == "ok", summary
+    assert summary.stages["visual"]["loads"] == 1 and summary.calls["image.load"] == 2  # once in visual, once in judge (redraws)
+    assert summary.calls["judge.load"] == 1
     manifest = json.loads((root / "run.json").read_text())
 
     # Images at the run's size; two base scenes (the plan's setting and beat 5's override).
