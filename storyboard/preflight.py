@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import PreflightError, StoryboardError
 from .ffmpeg import ffmpeg_exe
 from .fonts import find_fonts
+from .secrets import api_key
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -98,7 +98,7 @@ def check_backends(config: dict[str, Any]) -> list[Check]:
 
 def check_keys() -> Check:
     """Which API keys are set (never their values)."""
-    present = [k for k in API_KEYS if os.environ.get(k)]
+    present = [k for k in API_KEYS if api_key(k)]
     return Check("api keys", True, ", ".join(present) + " set" if present else "none set (only needed for API backends)")
 
 

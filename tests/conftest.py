@@ -13,6 +13,12 @@ from storyboard.profiles import resolve_config
 IDEA = "A cat who wants to be a judge"
 
 
+@pytest.fixture(autouse=True)
+def no_user_keys_file(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read the developer's own keys file."""
+    monkeypatch.setenv("STORYBOARD_KEYS_FILE", str(tmp_path_factory.getbasetemp() / "no-keys.yaml"))
+
+
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished offline run of the 10-beat format (made once per session)."""

@@ -80,3 +80,15 @@ def test_missing_key_is_a_preflight_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     with pytest.raises(PreflightError, match="export GOOGLE_API_KEY"):
         make_plan(IDEA, "drama10", config("http://127.0.0.1:9"))
+
+
+def test_key_from_the_users_keys_file(server: GeminiServer, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"GEMINI_API_KEY: {KEY}-from-file\n")
+    keys.chmod(0o600)
+    monkeypatch.delenv("GOOGLE_API_KEY")
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.setenv("STORYBOARD_KEYS_FILE", str(keys))
+    server.answers = [(200, good_plan(), 0, "STOP")]
+    assert len(make_plan(IDEA, "drama10", config(server.url)).beats) == 10
+    assert server.requests[0]["key"] == f"{KEY}-from-file"

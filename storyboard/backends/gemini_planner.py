@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..errors import PreflightError, StageError
 from ..formats import Format
+from ..secrets import api_key, keys_file
 from . import BackendBase, register
 from .llm_common import RETRY_STATUS, parse_json_object, plan_schema, planner_messages
 
@@ -14,11 +14,11 @@ KEY_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
 
 
 def gemini_key() -> str:
-    """The API key from the environment (never from the run directory or a profile)."""
-    for name in KEY_VARIABLES:
-        if os.environ.get(name):
-            return os.environ[name]
-    raise PreflightError("Gemini needs an API key: export GOOGLE_API_KEY=... (or GEMINI_API_KEY)")
+    """The API key from the environment or the user's keys file (never from the run directory or a profile)."""
+    key = api_key(*KEY_VARIABLES)
+    if key:
+        return key
+    raise PreflightError(f"Gemini needs an API key: export GOOGLE_API_KEY=... (or GEMINI_API_KEY), or put `GOOGLE_API_KEY: ...` in {keys_file()}")
 
 
 def _timeouts() -> tuple[type[BaseException], ...]:
@@ -55,7 +55,7 @@ class GeminiPlanner(BackendBase):
         return {"backend": self.name, "model": self.model, "thinking_budget": self.thinking_budget}
 
     def missing_models(self) -> list[str]:
-        return [] if any(os.environ.get(k) for k in KEY_VARIABLES) else ["GOOGLE_API_KEY (export it)"]
+        return [] if api_key(*KEY_VARIABLES) else [f"GOOGLE_API_KEY (export it, or put it in {keys_file()})"]
 
     def __enter__(self) -> GeminiPlanner:
         from google import genai

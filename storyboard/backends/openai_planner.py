@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..errors import StageError
 from ..formats import Format
+from ..secrets import api_key
 from . import BackendBase, register
 from .llm_common import RETRY_STATUS, parse_json_object, planner_messages, with_retries
 
@@ -37,7 +37,7 @@ class OpenAIPlanner(BackendBase):
         import httpx
 
         headers = {}
-        key = os.environ.get(str(self.settings.get("api_key_env", "OPENAI_API_KEY")))
+        key = api_key(str(self.settings.get("api_key_env", "OPENAI_API_KEY")))
         if key:
             headers["Authorization"] = f"Bearer {key}"
         try:
