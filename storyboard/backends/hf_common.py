@@ -45,9 +45,11 @@ def resolve_model(ref: str, what: str) -> Path:
 def missing(refs: dict[str, str | None]) -> list[str]:
     """The configured models (role → id or path) that are not present locally, as messages."""
     out = []
+    seen: set[str] = set()
     for what, ref in refs.items():
-        if not ref:
+        if not ref or ref in seen:
             continue
+        seen.add(ref)
         try:
             resolve_model(ref, what)
         except PreflightError as error:
