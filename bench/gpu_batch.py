@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import storyboard.pipeline as pipeline  # noqa: E402
-from bench.random_models import flux  # noqa: E402
+from bench.random_models import flux, report  # noqa: E402
 from storyboard.batch import run_batch  # noqa: E402
 from storyboard.preflight import check_backends  # noqa: E402
 
@@ -74,10 +74,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     if len(results["runs"]) == 2:
         results["speedup"] = round(results["runs"][1]["images_per_s"] / results["runs"][0]["images_per_s"], 3)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.random_models import flux  # noqa: E402
+from bench.random_models import flux, report  # noqa: E402
 from storyboard.context import BackendPool  # noqa: E402
 from storyboard.pipeline import create_run, open_run  # noqa: E402
 from storyboard.profiles import resolve_config  # noqa: E402
@@ -151,10 +151,7 @@ def main() -> None:
     for name in args.variants.split(","):
         results["variants"].append(variant(root, model, name, known[name], args.quality, args.repeats))
         print(json.dumps(results["variants"][-1]), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

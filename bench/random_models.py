@@ -109,3 +109,13 @@ def flux(path: Path, size: str = "tiny", pipeline: str = "FluxPipeline", device:
                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15))
     pipe.save_pretrained(path, max_shard_size="20GB")
     return path
+
+
+def report(results: dict[str, Any], json_path: Path | None) -> None:
+    """Print a benchmark's results and keep them as JSON when asked."""
+    import json
+
+    text = json.dumps(results, indent=2)
+    print(text)
+    if json_path:
+        json_path.write_text(text)

@@ -71,25 +71,25 @@ class GeminiPlanner(BackendBase):
     def __exit__(self, *exc: object) -> None:
         self._client = None
 
-    def plan(self, idea: str, fmt: Format, seed: int, feedback: str | None = None) -> dict[str, Any]:
+    def generate_json(self, what: str, contents: Any, schema: dict[str, Any], **config: Any) -> Any:
+        """generateContent constrained to `schema` (explicit thinking budget, safety settings); errors named for `what`."""
         from google.genai import errors, types
 
-        system, user = planner_messages(idea, fmt, seed, feedback)
-        config = types.GenerateContentConfig(
-            system_instruction=system,
-            response_mime_type="application/json",
-            response_json_schema=plan_schema(),
-            thinking_config=types.ThinkingConfig(thinking_budget=self.thinking_budget),
-            max_output_tokens=self.max_output_tokens,
-            safety_settings=[types.SafetySetting(category=c, threshold=t) for c, t in self.safety.items()],
-            seed=seed,
+        settings = types.GenerateContentConfig(
+            response_mime_type="application/json", response_json_schema=schema,
+            thinking_config=types.ThinkingConfig(thinking_budget=self.thinking_budget), max_output_tokens=self.max_output_tokens,
+            safety_settings=[types.SafetySetting(category=c, threshold=t) for c, t in self.safety.items()], **config,
         )
         try:
-            response = self._client.models.generate_content(model=self.model, contents=user, config=config)
+            return self._client.models.generate_content(model=self.model, contents=contents, config=settings)
         except _timeouts():
-            raise StageError(f"planner {self.model}: no answer within {self.timeout_s:.0f} s (timeout_s)") from None
+            raise StageError(f"{what} {self.model}: no answer within {self.timeout_s:.0f} s (timeout_s)") from None
         except errors.APIError as error:
-            raise StageError(f"planner {self.model}: {error.code} {error.status}: {str(error.message)[:300]}") from None
+            raise StageError(f"{what} {self.model}: {error.code} {error.status}: {str(error.message)[:300]}") from None
+
+    def plan(self, idea: str, fmt: Format, seed: int, feedback: str | None = None) -> dict[str, Any]:
+        system, user = planner_messages(idea, fmt, seed, feedback)
+        response = self.generate_json("planner", user, plan_schema(), system_instruction=system, seed=seed)
         candidate = (response.candidates or [None])[0]
         reason = getattr(candidate, "finish_reason", None)
         if reason is not None and str(getattr(reason, "value", reason)) == "MAX_TOKENS":

@@ -84,6 +84,21 @@ def bnb_4bit(compute_dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=True)
 
 
+def load_pretrained(settings: dict[str, Any], ref: str, what: str, model_class: str, processor_class: str,
+                    load_in_4bit: bool = False) -> tuple[Any, Any]:
+    """(processor or tokenizer, model in eval mode) from a local checkpoint through transformers' Auto classes."""
+    with LOAD_LOCK:
+        import transformers
+
+        path = resolve_model(ref, what)
+        device = device_of(settings)
+        dtype = dtype_of(settings, device)
+        extra: dict[str, Any] = {"quantization_config": bnb_4bit(dtype)} if load_in_4bit else {}
+        processor = getattr(transformers, processor_class).from_pretrained(path)
+        model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype, device_map=device, **extra)
+    return processor, model.eval()
+
+
 def _torch() -> Any:
     """torch if a backend already imported it (figures never import torch on their own)."""
     return sys.modules.get("torch")

@@ -66,14 +66,10 @@ class GeminiReviewer(GeminiPlanner):
             prompt = ("Watch this vertical short and review it against its plan. Flag truncated speech (a line cut before "
                       "its last word), pacing, voice/face mismatch, off-model characters, and subtitle problems, each with "
                       f"the beat number it happens in.\n\n{summary}")
-            config = types.GenerateContentConfig(
-                response_mime_type="application/json", response_json_schema=schema,
-                thinking_config=types.ThinkingConfig(thinking_budget=self.thinking_budget), max_output_tokens=self.max_output_tokens,
-            )
-            response = self._client.models.generate_content(
-                model=self.model, contents=[types.Part.from_uri(file_uri=uploaded.uri, mime_type="video/mp4"), prompt], config=config)
+            video_part = types.Part.from_uri(file_uri=uploaded.uri, mime_type="video/mp4")
         except _timeouts():
             raise StageError(f"review {self.model}: no answer within {self.timeout_s:.0f} s (timeout_s)") from None
         except errors.APIError as error:
             raise StageError(f"review {self.model}: {error.code} {error.status}: {str(error.message)[:300]}") from None
+        response = self.generate_json("review", [video_part, prompt], schema)
         return parse_json_object(response.text or "", f"{self.name} ({self.model})")

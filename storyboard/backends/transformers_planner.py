@@ -7,7 +7,7 @@ from typing import Any
 from ..errors import InputError, StageError
 from ..formats import Format
 from . import BackendBase, register
-from .hf_common import LOAD_LOCK, LoadedModel, bnb_4bit, device_of, dtype_of, free_memory, missing, resolve_model
+from .hf_common import LoadedModel, free_memory, load_pretrained, missing
 from .llm_common import parse_json_object, planner_messages
 
 
@@ -37,17 +37,8 @@ class TransformersPlanner(BackendBase, LoadedModel):
 
     def __enter__(self) -> TransformersPlanner:
         def load() -> None:
-            with LOAD_LOCK:  # lazy imports and from_pretrained are not safe in two threads at once
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            path = resolve_model(self.model_ref, "planner")
-            device = device_of(self.settings)
-            dtype = dtype_of(self.settings, device)
-            extra: dict[str, Any] = {"quantization_config": bnb_4bit(dtype)} if self.load_in_4bit else {}
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            with LOAD_LOCK:
-                self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device, **extra)
-            self.model.eval()
+            self.tokenizer, self.model = load_pretrained(self.settings, self.model_ref, "planner", "AutoModelForCausalLM", "AutoTokenizer",
+                                                         self.load_in_4bit)
 
         self.timed_load(load)
         return self

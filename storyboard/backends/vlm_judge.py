@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BackendBase, ImageRequest, Verdict, register
-from .hf_common import LOAD_LOCK, LoadedModel, bnb_4bit, device_of, dtype_of, free_memory, missing, resolve_model
+from .hf_common import LoadedModel, free_memory, load_pretrained, missing
 from .judging import parse_verdict, question
 
 
@@ -35,17 +35,8 @@ class VLMJudge(BackendBase, LoadedModel):
 
     def __enter__(self) -> VLMJudge:
         def load() -> None:
-            with LOAD_LOCK:  # lazy imports and from_pretrained are not safe in two threads at once
-                from transformers import AutoModelForImageTextToText, AutoProcessor
-
-            path = resolve_model(self.model_ref, "judge")
-            device = device_of(self.settings)
-            dtype = dtype_of(self.settings, device)
-            extra: dict[str, Any] = {"quantization_config": bnb_4bit(dtype)} if self.load_in_4bit else {}
-            self.processor = AutoProcessor.from_pretrained(path)
-            with LOAD_LOCK:
-                self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device, **extra)
-            self.model.eval()
+            self.processor, self.model = load_pretrained(self.settings, self.model_ref, "judge", "AutoModelForImageTextToText", "AutoProcessor",
+                                                         self.load_in_4bit)
 
         self.timed_load(load)
         return self
