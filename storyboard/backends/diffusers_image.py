@@ -7,6 +7,7 @@ weights as the weakest fallback) so characters and setting stay the same from be
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -91,8 +92,13 @@ class DiffusersImage(BackendBase, LoadedModel):
         except PreflightError:
             return None
 
-    def family(self) -> str:
+    @functools.cached_property
+    def _family(self) -> str:
         return str(self.settings.get("family") or family_of(self._local(self.model_ref), self.model_ref))
+
+    def family(self) -> str:
+        """The model family (read from model_index.json once: identity() runs for every beat's key)."""
+        return self._family
 
     def preset(self, quality: str, family: str | None = None) -> dict[str, Any]:
         """The family's preset for `quality`, with the profile's overrides on top."""

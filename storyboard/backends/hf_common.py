@@ -158,3 +158,35 @@ class LoadedModel:
         """Load time and peak GPU memory so far (what run.json records for the stage)."""
         return {**self.figures, "peak_vram_gib": peak_gib()}
 
+
+class TransformersBackend(LoadedModel):
+    """A backend on one transformers checkpoint: `model_ref` and `load_in_4bit` from settings, loaded once on
+    entry as (`processor`, `model`) through the Auto classes named by the subclass, freed on exit."""
+
+    role = "model"
+    default_model = ""
+    model_class = "AutoModel"
+    processor_class = "AutoProcessor"
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        self._init_figures()
+        self.model_ref = str(settings.get("model", self.default_model))
+        self.load_in_4bit = bool(settings.get("load_in_4bit", False))
+        self.model: Any = None
+        self.processor: Any = None
+
+    def missing_models(self) -> list[str]:
+        return missing({self.role: self.model_ref})
+
+    def __enter__(self) -> Any:
+        def load() -> None:
+            self.processor, self.model = load_pretrained(self.settings, self.model_ref, self.role, self.model_class,
+                                                         self.processor_class, self.load_in_4bit)
+
+        self.timed_load(load)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model = self.processor = None
+        free_memory()

@@ -7,62 +7,45 @@ from typing import Any
 from ..errors import InputError, StageError
 from ..formats import Format
 from . import BackendBase, register
-from .hf_common import LoadedModel, free_memory, load_pretrained, missing
+from .hf_common import TransformersBackend
 from .llm_common import parse_json_object, planner_messages
 
 
 @register("planner", "transformers")
-class TransformersPlanner(BackendBase, LoadedModel):
+class TransformersPlanner(TransformersBackend, BackendBase):
     """Settings: model (hub id in the local cache, or a path), device, dtype, load_in_4bit,
     max_new_tokens (6144), temperature (0.7), timeout_s (600: generation stops and the plan fails)."""
 
     name = "transformers"
+    role = "planner"
+    default_model = "Qwen/Qwen2.5-14B-Instruct"
+    model_class, processor_class = "AutoModelForCausalLM", "AutoTokenizer"
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
-        self._init_figures()
-        self.model_ref = str(settings.get("model", "Qwen/Qwen2.5-14B-Instruct"))
-        self.load_in_4bit = bool(settings.get("load_in_4bit", False))
         self.max_new_tokens = int(settings.get("max_new_tokens", 6144))
         self.temperature = float(settings.get("temperature", 0.7))
         self.timeout_s = float(settings.get("timeout_s", 600))
-        self.model: Any = None
-        self.tokenizer: Any = None
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_ref, "4bit": self.load_in_4bit, "temperature": self.temperature}
-
-    def missing_models(self) -> list[str]:
-        return missing({"planner": self.model_ref})
-
-    def __enter__(self) -> TransformersPlanner:
-        def load() -> None:
-            self.tokenizer, self.model = load_pretrained(self.settings, self.model_ref, "planner", "AutoModelForCausalLM", "AutoTokenizer",
-                                                         self.load_in_4bit)
-
-        self.timed_load(load)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.model = self.tokenizer = None
-        free_memory()
 
     def plan(self, idea: str, fmt: Format, seed: int, feedback: str | None = None) -> dict[str, Any]:
         import torch
 
         system, user = planner_messages(idea, fmt, seed, feedback)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The answer is pre-filled with "{": the model can only continue a JSON object.
-        encoded = self.tokenizer(prompt + "{", return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        encoded = self.processor(prompt + "{", return_tensors="pt", add_special_tokens=False).to(self.model.device)
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
         with torch.inference_mode():
             output = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens, max_time=self.timeout_s,
-                                         pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
+                                         pad_token_id=self.processor.pad_token_id or self.processor.eos_token_id, **sampling)
         new = output[0, encoded["input_ids"].shape[1]:]
-        finished = self.tokenizer.eos_token_id is not None and bool((new == self.tokenizer.eos_token_id).any())
-        text = "{" + self.tokenizer.decode(new, skip_special_tokens=True)
+        finished = self.processor.eos_token_id is not None and bool((new == self.processor.eos_token_id).any())
+        text = "{" + self.processor.decode(new, skip_special_tokens=True)
         if not finished and len(new) >= self.max_new_tokens:
             raise InputError(f"{self.name} planner ({self.model_ref}): the answer was cut at max_new_tokens={self.max_new_tokens} before the JSON closed")
         try:

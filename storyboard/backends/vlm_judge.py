@@ -6,44 +6,27 @@ from pathlib import Path
 from typing import Any
 
 from . import BackendBase, ImageRequest, Verdict, register
-from .hf_common import LoadedModel, free_memory, load_pretrained, missing
+from .hf_common import TransformersBackend
 from .judging import parse_verdict, question
 
 
 @register("judge", "vlm")
-class VLMJudge(BackendBase, LoadedModel):
+class VLMJudge(TransformersBackend, BackendBase):
     """Settings: model (hub id in the local cache, or a path), device, dtype, load_in_4bit,
     max_new_tokens (64), max_side (image downscaled to this longest side before judging, 896)."""
 
     name = "vlm"
+    role = "judge"
+    default_model = "Qwen/Qwen2.5-VL-7B-Instruct"
+    model_class, processor_class = "AutoModelForImageTextToText", "AutoProcessor"
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
-        self._init_figures()
-        self.model_ref = str(settings.get("model", "Qwen/Qwen2.5-VL-7B-Instruct"))
-        self.load_in_4bit = bool(settings.get("load_in_4bit", False))
         self.max_new_tokens = int(settings.get("max_new_tokens", 64))
         self.max_side = int(settings.get("max_side", 896))
-        self.model: Any = None
-        self.processor: Any = None
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_ref, "4bit": self.load_in_4bit}
-
-    def missing_models(self) -> list[str]:
-        return missing({"judge": self.model_ref})
-
-    def __enter__(self) -> VLMJudge:
-        def load() -> None:
-            self.processor, self.model = load_pretrained(self.settings, self.model_ref, "judge", "AutoModelForImageTextToText", "AutoProcessor",
-                                                         self.load_in_4bit)
-
-        self.timed_load(load)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.model = self.processor = None
-        free_memory()
 
     def answer(self, image: Path, prompt: str) -> str:
         """The model's free-text answer about one image."""
