@@ -111,6 +111,70 @@ def flux(path: Path, size: str = "tiny", pipeline: str = "FluxPipeline", device:
     return path
 
 
+# LTX-2 (19B: 48 layers, 4096-wide video / 2048-wide audio streams) as in diffusers' model defaults; "tiny"
+# keeps the wiring (a VAE with 8x spatial and temporal compression, a 2-layer Gemma 3).
+LTX2 = {
+    "full": {
+        "transformer": {}, "vae": {}, "audio_vae": {}, "vocoder": {}, "connectors": {},
+        # Gemma-3-12B's width and depth (what the connectors read: 3840 x 49 hidden states); its attention and MLP
+        # are shrunk, so the random checkpoint fits the benchmark disk. Prompts are encoded before the clips are timed.
+        "gemma": {"hidden_size": 3840, "num_hidden_layers": 48, "intermediate_size": 256, "num_attention_heads": 2,
+                  "num_key_value_heads": 1, "head_dim": 64},
+    },
+    "tiny": {
+        "transformer": {"in_channels": 4, "out_channels": 4, "num_attention_heads": 2, "attention_head_dim": 8, "cross_attention_dim": 16,
+                        "audio_in_channels": 4, "audio_out_channels": 4, "audio_num_attention_heads": 2, "audio_attention_head_dim": 4,
+                        "audio_cross_attention_dim": 8, "num_layers": 2, "caption_channels": 16, "rope_double_precision": False,
+                        "rope_type": "split", "vae_scale_factors": (8, 8, 8)},
+        "vae": {"latent_channels": 4, "block_out_channels": (8, 8, 8), "decoder_block_out_channels": (8, 8, 8), "layers_per_block": (1, 1, 1),
+                "decoder_layers_per_block": (1, 1, 1, 1), "spatio_temporal_scaling": (True,) * 3, "decoder_spatio_temporal_scaling": (True,) * 3,
+                "decoder_inject_noise": (False,) * 4, "downsample_type": ("spatiotemporal",) * 3, "upsample_residual": (False,) * 3,
+                "upsample_factor": (1,) * 3, "patch_size": 1, "decoder_causal": False},
+        "audio_vae": {"base_channels": 4, "ch_mult": (1, 1, 1), "num_res_blocks": 1, "resolution": 32, "latent_channels": 2, "mel_bins": 8},
+        "vocoder": {"in_channels": 16, "hidden_channels": 32, "upsample_kernel_sizes": [4, 4], "upsample_factors": [2, 2],
+                    "resnet_kernel_sizes": [3], "resnet_dilations": [[1, 3, 5]], "output_sampling_rate": 16000},
+        "connectors": {"caption_channels": 16, "text_proj_in_factor": 3, "video_connector_num_attention_heads": 2,
+                       "video_connector_attention_head_dim": 8, "video_connector_num_layers": 1, "video_connector_num_learnable_registers": None,
+                       "audio_connector_num_attention_heads": 2, "audio_connector_attention_head_dim": 8, "audio_connector_num_layers": 1,
+                       "audio_connector_num_learnable_registers": None, "connector_rope_base_seq_len": 32, "rope_double_precision": False,
+                       "rope_type": "split"},
+        "gemma": {"hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8},
+    },
+}
+
+
+def ltx2(path: Path, size: str = "tiny", device: str = "cpu") -> Path:
+    """An LTX-2 image-to-video pipeline (transformer, video and audio VAEs, vocoder, connectors, Gemma 3 text
+    encoder) with random weights, saved under `path`."""
+    import torch
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2ImageToVideoPipeline,
+                           LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    spec = LTX2[size]
+    dtype = torch.bfloat16 if device != "cpu" else torch.float32
+    tok = tokenizer()
+    gemma = Gemma3Config(
+        text_config={"vocab_size": len(tok), "max_position_embeddings": 2048, "sliding_window": 512, "pad_token_id": tok.pad_token_id, **spec["gemma"]},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+        mm_tokens_per_image=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    parts = {
+        "transformer": _random(LTX2VideoTransformer3DModel, spec["transformer"], device, dtype),
+        "vae": _random(AutoencoderKLLTX2Video, spec["vae"], device, dtype),
+        "audio_vae": _random(AutoencoderKLLTX2Audio, spec["audio_vae"], device, dtype),
+        "vocoder": _random(LTX2Vocoder, spec["vocoder"], device, dtype),
+        "connectors": _random(LTX2TextConnectors, spec["connectors"], device, dtype),
+        "text_encoder": _random(Gemma3ForConditionalGeneration, gemma, device, dtype),
+    }
+    if size == "tiny":
+        parts["vae"].use_framewise_encoding = parts["vae"].use_framewise_decoding = False
+    pipe = LTX2ImageToVideoPipeline(tokenizer=tok, scheduler=FlowMatchEulerDiscreteScheduler(), **parts)
+    pipe.save_pretrained(path, max_shard_size="20GB")
+    return path
+
+
 def report(results: dict[str, Any], json_path: Path | None) -> None:
     """Print a benchmark's results and keep them as JSON when asked."""
     import json

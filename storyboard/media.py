@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -104,3 +105,80 @@ def speech_span(samples: np.ndarray, rate: int, threshold_db: float = -40.0) -> 
     if loud.size == 0:
         return None
     return loud[0] * window / rate, (loud[-1] + 1) * window / rate
+
+
+def load_audio(path: Path, rate: int, channels: int = 2) -> np.ndarray:
+    """Decode the first audio stream as float32 (channels, samples) at `rate`, resampled only if it differs."""
+    import av
+
+    layout = {1: "mono", 2: "stereo"}[channels]
+    chunks = []
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        same = stream.codec_context.sample_rate == rate and stream.codec_context.channels == channels
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        for frame in container.decode(audio=0):
+            if same and frame.format.name == "fltp":
+                chunks.append(frame.to_ndarray())
+                continue
+            chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+        if not same:
+            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    return np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((channels, 0), dtype=np.float32)
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """(channels, n) padded with silence or cut to `length` samples."""
+    if samples.shape[1] >= length:
+        return samples[:, :length]
+    return np.pad(samples, ((0, 0), (0, length - samples.shape[1])))
+
+
+def last_frame(path: Path):  # type: ignore[no-untyped-def]
+    """The last video frame of a clip as an RGB PIL image."""
+    import av
+
+    frame = None
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):  # noqa: B007 - keep the last one
+            pass
+    if frame is None:
+        raise StageError(f"{path}: no video frames")
+    return frame.to_image()
+
+
+def write_clip(out: Path, frames: np.ndarray, fps: int, size: tuple[int, int], audio: np.ndarray | None, audio_rate: int,
+               duration: float, *, crf: int = 20, preset: str = "veryfast", out_rate: int = 48000) -> None:
+    """H.264 + AAC clip from uint8 frames (n, h, w, 3) scaled to `size`, exactly `duration` long.
+
+    Frames past the duration are dropped, the last one is held if there are too few; the audio
+    (channels, samples) is resampled to `out_rate`, padded with silence or cut to the duration;
+    None gives a silent stereo track (the render stage expects audio in every clip)."""
+    import av
+
+    count = max(1, math.ceil(round(duration * fps, 6)))
+    width, height = size
+    with av.open(str(out), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = container.add_stream("aac", rate=out_rate, layout="stereo")
+        sound.bit_rate = 160_000
+        for index in range(count):
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[min(index, len(frames) - 1)]), format="rgb24")
+            picture = picture.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
+            picture.pts = index
+            container.mux(video.encode(picture))
+        container.mux(video.encode(None))
+        samples = np.zeros((2, 0), dtype=np.float32) if audio is None else np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
+        if audio is not None and audio_rate != out_rate and samples.shape[1]:
+            source = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.astype(np.float32)), format="fltp", layout="stereo")
+            source.sample_rate = audio_rate
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=out_rate)
+            samples = np.concatenate([f.to_ndarray() for f in [*resampler.resample(source), *resampler.resample(None)]], axis=1)
+        samples = fit_length(samples.astype(np.float32), round(count / fps * out_rate))
+        step = sound.codec_context.frame_size or 1024
+        for start in range(0, samples.shape[1], step):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + step]), format="fltp", layout="stereo")
+            chunk.sample_rate, chunk.pts = out_rate, start
+            container.mux(sound.encode(chunk))
+        container.mux(sound.encode(None))

@@ -141,18 +141,22 @@ def speak_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str,
             "kept_take": keep + 1, "qa_ok": checks[keep].ok}
 
 
-def animate_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+def clip_request(ctx: RunContext, item: Item) -> ClipRequest:
+    """What the video backend is asked for one clip."""
     plan, n = ctx.plan, item.number
-    audio = ctx.rd.audio(n) if item.inputs["audio"] else None
-    previous = ctx.rd.clip(n - 1, plan.beat_type(n - 1)) if "previous_clip" in item.inputs else None
     prompt = plan.hook.image_prompt if n == 0 else f"{plan.beat(n).image_prompt}. {plan.beat(n).action}"
-    request = ClipRequest(
-        number=n, renderer=item.inputs["renderer"], image=ctx.rd.image(n, plan.beat_type(n)), audio=audio,
-        duration=item.inputs["duration"], width=plan.width, height=plan.height, fps=plan.fps,
-        seed=item.inputs["seed"], prompt=prompt, previous_clip=previous,
+    return ClipRequest(
+        number=n, renderer=item.inputs["renderer"], image=ctx.rd.image(n, plan.beat_type(n)),
+        audio=ctx.rd.audio(n) if item.inputs["audio"] else None, duration=item.inputs["duration"], width=plan.width,
+        height=plan.height, fps=plan.fps, seed=item.inputs["seed"], prompt=prompt,
+        previous_clip=ctx.rd.clip(n - 1, plan.beat_type(n - 1)) if "previous_clip" in item.inputs else None,
     )
+
+
+def animate_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
+    request = clip_request(ctx, item)
     if request.image is None or not request.image.is_file():
-        raise StageError(f"no image for beat {n}; run `storyboard visual` first")
+        raise StageError(f"no image for beat {item.number}; run `storyboard visual` first")
     ctx.calls["video.animate"] += 1
     backend.animate(request, tmp)
     check_clip(tmp, request)
@@ -197,6 +201,8 @@ def video(ctx: RunContext) -> StageResult:
             make, workers = producer(ctx, "video", animate_one, backend)
             if backend is not None:
                 workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
+                if hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
+                    backend.prepare([clip_request(ctx, item) for item in todo])
             generate(ctx, result, todo, make, lambda item: f"clip {item.number:02d}", workers=workers)
             if backend is not None and hasattr(backend, "stage_figures"):
                 figures.update(backend.stage_figures())

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PreflightError, StageError
 from . import BackendBase, ImageRequest, register
-from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, missing, resolve_model
+from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model
 
 # Per model family (the pipeline class in model_index.json): the model's own recommended settings.
 # draft = about 1024 on the long side and few steps; final = full size and the recommended steps.
@@ -117,55 +117,17 @@ class DiffusersImage(BackendBase, LoadedModel):
         return missing({"image": self.model_ref, "image edit": self.edit_ref})
 
     # -- load once per stage -------------------------------------------------------------------------
-    def _load_pipeline(self, ref: str, what: str, dtype: Any, device: str, shared: dict[str, Any] | None = None) -> Any:
-        with LOAD_LOCK:  # diffusers' lazy imports and from_pretrained are not safe in two threads at once
-            import torch
-            from diffusers import DiffusionPipeline, PipelineQuantizationConfig
-
-        path = resolve_model(ref, what)
-        index = json.loads((path / "model_index.json").read_text(encoding="utf-8")) if (path / "model_index.json").is_file() else {}
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        encoders = [name for name in index if name.startswith("text_encoder")]
-        if shared:
-            kwargs.update({k: v for k, v in shared.items() if k in index and index[k][1] == type(v).__name__})
-        if self.settings.get("text_encoder_4bit") and encoders:
-            todo = [name for name in encoders if name not in kwargs]
-            if todo:
-                kwargs["quantization_config"] = PipelineQuantizationConfig(
-                    quant_backend="bitsandbytes_4bit", components_to_quantize=todo,
-                    quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype})
-        with LOAD_LOCK:
-            pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
-        denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
-        if self.settings.get("fp8") and denoiser is not None:
-            denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-        if self.settings.get("vae_tiling") and getattr(pipe, "vae", None) is not None:
-            pipe.vae.enable_tiling()
-        offload = str(self.settings.get("offload", "none"))
-        if offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        elif offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=device)
-        elif offload == "group":
-            pipe.enable_group_offload(onload_device=torch.device(device), offload_type="leaf_level", use_stream=device.startswith("cuda"))
-        elif offload == "none":
-            pipe.to(device)
-        else:
-            raise PreflightError(f"image.offload: {offload!r}; choose none, model, group or sequential")
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def __enter__(self) -> DiffusersImage:
         def load() -> None:
             device = device_of(self.settings)
             dtype = dtype_of(self.settings, device)
             self.device = device
-            self.pipe = self._load_pipeline(self.model_ref, "image", dtype, device)
+            self.pipe = load_pipeline(self.settings, self.model_ref, "image", dtype, device)
             if self.edit_mode == "none":
                 return
             if self.edit_ref and self.edit_mode == "auto":
                 shared = self.pipe.components if self.settings.get("share_components", True) else None
-                self.edit_pipe = self._load_pipeline(str(self.edit_ref), "image edit", dtype, device, shared)
+                self.edit_pipe = load_pipeline(self.settings, str(self.edit_ref), "image edit", dtype, device, shared)
             else:
                 with LOAD_LOCK:
                     from diffusers import AutoPipelineForImage2Image

@@ -7,6 +7,7 @@ a missing model is one clear error naming it and the command that fetches it.
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import threading
 import time
@@ -97,6 +98,48 @@ def load_pretrained(settings: dict[str, Any], ref: str, what: str, model_class: 
         processor = getattr(transformers, processor_class).from_pretrained(path)
         model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype, device_map=device, **extra)
     return processor, model.eval()
+
+
+def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, device: str, shared: dict[str, Any] | None = None) -> Any:
+    """A diffusers pipeline from a local checkpoint with the memory settings every diffusers backend shares:
+    components to reuse from an already loaded pipeline (`shared`), nf4 text encoders (`text_encoder_4bit`), fp8
+    layerwise storage of the denoiser (`fp8`), VAE tiling, and offload none|model|group|sequential."""
+    with LOAD_LOCK:  # diffusers' lazy imports and from_pretrained are not safe in two threads at once
+        import torch
+        from diffusers import DiffusionPipeline, PipelineQuantizationConfig
+
+    path = resolve_model(ref, what)
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8")) if (path / "model_index.json").is_file() else {}
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    encoders = [name for name in index if name.startswith("text_encoder")]
+    if shared:
+        kwargs.update({k: v for k, v in shared.items() if k in index and index[k][1] == type(v).__name__})
+    if settings.get("text_encoder_4bit") and encoders:
+        todo = [name for name in encoders if name not in kwargs]
+        if todo:
+            kwargs["quantization_config"] = PipelineQuantizationConfig(
+                quant_backend="bitsandbytes_4bit", components_to_quantize=todo,
+                quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype})
+    with LOAD_LOCK:
+        pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    if settings.get("fp8") and denoiser is not None:
+        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if settings.get("vae_tiling") and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_tiling()
+    offload = str(settings.get("offload", "none"))
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":
+        pipe.enable_group_offload(onload_device=torch.device(device), offload_type="leaf_level", use_stream=device.startswith("cuda"))
+    elif offload == "none":
+        pipe.to(device)
+    else:
+        raise PreflightError(f"{what}: offload {offload!r}; choose none, model, group or sequential")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _torch() -> Any:

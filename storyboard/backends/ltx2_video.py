@@ -1,0 +1,247 @@
+"""Video on LTX-2 (diffusers), a joint audio-video model: one load per stage, three beat renderers.
+
+- `i2v`: image-to-video from the beat image; the audio LTX-2 generates with it is dropped.
+- `a2v`: the beat's speech drives the picture. diffusers has no audio-to-video entry point, so the
+  speech is turned into a log-mel spectrogram, encoded with the LTX-2 audio VAE and held clean
+  (sigma 0, no audio step) while the video denoises and cross-attends to it: the DFR pass's
+  `freeze_audio`, run on the same loaded components. The clip carries the TTS file itself.
+- `sfx`: image-to-video from the previous clip's last frame, the generated audio kept.
+
+All prompts of the stage are encoded first and the text encoder is then dropped, so it never
+sits in GPU memory beside the transformer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PreflightError, StageError
+from ..media import fit_length, last_frame, load_audio, write_clip
+from . import BackendBase, ClipRequest, register
+from .diffusers_image import pipeline_size
+from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, in_use_gib, load_pipeline, missing, resolve_model
+
+# distilled: the distilled checkpoint's 8-sigma schedule without guidance; full: the base model, 30 steps with CFG.
+PRESETS: dict[str, dict[str, Any]] = {
+    "distilled": {"steps": 8, "guidance_scale": 1.0, "long_side": 768, "distilled_sigmas": True},
+    "full": {"steps": 30, "guidance_scale": 3.0, "audio_guidance_scale": 7.0, "long_side": 768, "distilled_sigmas": False},
+}
+# Extra guidance passes (spatio-temporal skip, modality isolation) are off unless a preset turns them on.
+PASSES_OFF = {"stg_scale": 0.0, "audio_stg_scale": 0.0, "modality_scale": 1.0, "audio_modality_scale": 1.0}
+OWN_KEYS = {"steps", "guidance_scale", "audio_guidance_scale", "long_side", "distilled_sigmas"}
+MULTIPLE = 32  # LTX-2 sizes are multiples of 32 (64 with the two-stage upscaler)
+N_FFT = 1024  # the LTX-2 audio VAE's log-mel front end: 1024-point Hann STFT, Slaney mel, log(max(x, 1e-5))
+
+
+def frame_count(seconds: float, fps: float, temporal: int = 8) -> int:
+    """Frames to generate for `seconds`: the smallest temporal*k + 1 that covers them."""
+    needed = max(1, math.ceil(round(seconds * fps, 6)))
+    return temporal * max(1, math.ceil((needed - 1) / temporal)) + 1
+
+
+def retime(frames: np.ndarray, source_fps: float, fps: float) -> np.ndarray:
+    """Frames at `source_fps` shown at `fps` (nearest earlier frame), when the two differ."""
+    if source_fps == fps:
+        return frames
+    count = math.floor(len(frames) * fps / source_fps)
+    return frames[[min(len(frames) - 1, math.floor(i * source_fps / fps)) for i in range(count)]]
+
+
+def log_mel(samples: np.ndarray, rate: int, mel_bins: int, hop: int) -> Any:
+    """(1, channels, time, mel_bins) log-mel spectrogram of (channels, n) samples, as the audio VAE reads it."""
+    import torch
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=mel_bins, min_frequency=0.0,
+                           max_frequency=rate / 2, sampling_rate=rate, norm="slaney", mel_scale="slaney")
+    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    magnitude = torch.stft(wave, N_FFT, hop_length=hop, win_length=N_FFT, window=torch.hann_window(N_FFT), center=True,
+                           pad_mode="reflect", return_complex=True).abs()
+    mel = torch.from_numpy(bank.T.astype(np.float32)) @ magnitude
+    return torch.log(torch.clamp(mel, min=1e-5)).transpose(1, 2).unsqueeze(0)
+
+
+@register("video", "ltx2")
+class LTX2Video(BackendBase, LoadedModel):
+    """Settings: model (diffusers LTX-2 checkpoint id or path), preset (distilled|full), presets {name: steps,
+    guidance_scale, audio_guidance_scale, long_side, ...pipeline arguments}, frame_rate (model fps; default the
+    run's), device, dtype, fp8, text_encoder_4bit, offload, vae_tiling, encode_prompts_first, crf, x264_preset."""
+
+    name = "ltx2"
+    sfx_from_previous = True
+    workers = 1  # one GPU, one clip at a time
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self._init_figures()
+        self.model_ref = str(settings.get("model", "Lightricks/LTX-2"))
+        self.preset_name = str(settings.get("preset", "distilled"))
+        if self.preset_name not in PRESETS:
+            raise PreflightError(f"video.preset: {self.preset_name!r}; choose {' or '.join(PRESETS)}")
+        self.pipe: Any = None
+        self.a2v_pipe: Any = None
+        self.embeds: dict[str, tuple[Any, Any]] = {}
+        self.deferred = False
+
+    def preset(self) -> dict[str, Any]:
+        return {**PRESETS[self.preset_name], **dict(self.settings.get("presets", {}).get(self.preset_name, {}))}
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_ref, "preset": self.preset(), "frame_rate": self.settings.get("frame_rate"),
+                "fp8": bool(self.settings.get("fp8", False)), "crf": int(self.settings.get("crf", 20)),
+                "x264_preset": str(self.settings.get("x264_preset", "veryfast"))}
+
+    def missing_models(self) -> list[str]:
+        return missing({"video": self.model_ref})
+
+    # -- load once per stage -------------------------------------------------------------------------
+    def __enter__(self) -> LTX2Video:
+        def load() -> None:
+            with LOAD_LOCK:
+                from diffusers import LTX2DFRPipeline, LTX2ImageToVideoPipeline
+
+            self.device = device_of(self.settings)
+            self.dtype = dtype_of(self.settings, self.device)
+            index = json.loads((resolve_model(self.model_ref, "video") / "model_index.json").read_text(encoding="utf-8"))
+            if not str(index.get("_class_name", "")).startswith("LTX2"):
+                raise PreflightError(f"video: {self.model_ref} is a {index.get('_class_name')} checkpoint, not LTX-2")
+            offload = str(self.settings.get("offload", "none"))
+            # Prompts first: everything but the text encoder waits on the CPU until every prompt is encoded.
+            self.deferred = bool(self.settings.get("encode_prompts_first", True)) and offload == "none" and self.device != "cpu"
+            pipe = load_pipeline(self.settings, self.model_ref, "video", self.dtype, "cpu" if self.deferred else self.device)
+            if self.deferred and not getattr(pipe.text_encoder, "is_loaded_in_4bit", False):  # an nf4 encoder already sits on the GPU
+                pipe.text_encoder.to(self.device)
+            with LOAD_LOCK:  # the same weights under the two entry points, no copy
+                self.pipe = pipe if isinstance(pipe, LTX2ImageToVideoPipeline) else LTX2ImageToVideoPipeline.from_pipe(pipe)
+                self.a2v_pipe = LTX2DFRPipeline.from_pipe(self.pipe)
+            for p in (self.pipe, self.a2v_pipe):
+                p.set_progress_bar_config(disable=True)
+
+        self.timed_load(load)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipe = self.a2v_pipe = None
+        self.embeds.clear()
+        free_memory()
+
+    # -- prompts -----------------------------------------------------------------------------------------
+    def _guided(self, renderer: str) -> bool:
+        return renderer != "a2v" and float(self.preset()["guidance_scale"]) > 1.0
+
+    def _encode(self, prompt: str) -> tuple[Any, Any]:
+        """(embeddings, mask) of a prompt, kept on the CPU (about 0.4 GB each at 1024 tokens)."""
+        import torch
+
+        if prompt not in self.embeds:
+            if self.pipe.text_encoder is None:
+                raise StageError("video: a prompt arrived after the text encoder was released (prepare() saw every prompt)")
+            with torch.inference_mode():
+                embeds, mask, _, _ = self.pipe.encode_prompt(prompt=prompt, do_classifier_free_guidance=False,
+                                                             max_sequence_length=int(self.settings.get("max_sequence_length", 1024)),
+                                                             device=self.pipe.text_encoder.device)
+            self.embeds[prompt] = (embeds.cpu(), mask.cpu())
+        return self.embeds[prompt]
+
+    def _prompt_kwargs(self, prompt: str, guided: bool) -> dict[str, Any]:
+        embeds, mask = self._encode(prompt)
+        kwargs = {"prompt_embeds": embeds.to(self.device), "prompt_attention_mask": mask.to(self.device)}
+        if guided:  # the negative prompt is empty, encoded once
+            negative, negative_mask = self._encode("")
+            kwargs.update(negative_prompt_embeds=negative.to(self.device), negative_prompt_attention_mask=negative_mask.to(self.device))
+        return kwargs
+
+    def prepare(self, requests: list[ClipRequest]) -> None:
+        """Encode every prompt of the stage, then release the text encoder (it never shares the GPU with the transformer)."""
+        import time
+
+        started = time.monotonic()
+        for request in requests:
+            self._encode(request.prompt)
+            if self._guided(request.renderer):
+                self._encode("")
+        self.figures["prompts_s"] = round(time.monotonic() - started, 3)
+        self._on_device(release_text_encoder=True)
+
+    def _on_device(self, release_text_encoder: bool = False) -> None:
+        """Move the deferred components to the GPU (once), without the text encoder when every prompt is encoded."""
+        if not self.deferred:
+            return
+        import time
+
+        started = time.monotonic()
+        if release_text_encoder:
+            for p in (self.pipe, self.a2v_pipe):
+                p.register_modules(text_encoder=None)
+            free_memory()
+        self.pipe.to(self.device)
+        self.deferred = False
+        self.figures["to_gpu_s"] = round(time.monotonic() - started, 3)
+        self.figures["after_prompts_gib"] = in_use_gib()
+
+    # -- animate -----------------------------------------------------------------------------------------
+    def speech_latents(self, speech: np.ndarray) -> Any:
+        """Audio-VAE latents (1, C, T, M) of (2, n) speech at the VAE's rate."""
+        import torch
+
+        vae = self.a2v_pipe.audio_vae
+        mel = log_mel(speech, vae.config.sample_rate, vae.config.mel_bins, vae.config.mel_hop_length)
+        with torch.inference_mode():
+            return vae.encode(mel.to(self.a2v_pipe._execution_device, vae.dtype)).latent_dist.mode()
+
+    def animate(self, request: ClipRequest, out: Path) -> None:
+        import torch
+        from PIL import Image
+
+        self._on_device()
+        preset = self.preset()
+        fps = float(self.settings.get("frame_rate") or request.fps)
+        frames = frame_count(request.duration, fps, self.pipe.vae_temporal_compression_ratio)
+        width, height = pipeline_size(request.width, request.height, preset.get("long_side"), MULTIPLE)
+        if request.renderer == "sfx" and request.previous_clip is not None and request.previous_clip.is_file():
+            image = last_frame(request.previous_clip).convert("RGB")
+        else:
+            with Image.open(request.image) as img:
+                image = img.convert("RGB")
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        extra = {**PASSES_OFF, **{k: v for k, v in preset.items() if k not in OWN_KEYS}}
+        from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
+
+        sigmas = list(DISTILLED_SIGMA_VALUES) if preset["distilled_sigmas"] else None
+        audio, rate = None, 48000
+        if request.renderer == "a2v" and request.audio is not None:
+            from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+            vae_rate = int(self.a2v_pipe.audio_vae.config.sample_rate)
+            speech = fit_length(load_audio(request.audio, vae_rate, 2), round(frames / fps * vae_rate))
+            if sigmas is None:  # the DFR pass runs without guidance: a plain schedule of `steps` sigmas for the base model
+                sigmas = list(np.linspace(1.0, 1.0 / int(preset["steps"]), int(preset["steps"])))
+            result = self.a2v_pipe(
+                conditions=[LTX2VideoCondition(frames=image, index=0, strength=1.0)], audio_latents=self.speech_latents(speech),
+                freeze_audio=True, generate_slots=False, sigmas=sigmas, num_frames=frames, height=height, width=width,
+                frame_rate=fps, generator=generator, output_type="np", **self._prompt_kwargs(request.prompt, False), **{k: v for k, v in extra.items() if k in {"decode_timestep", "decode_noise_scale"}})
+            audio = load_audio(request.audio, rate, 2)  # the clip carries the TTS take itself, not the VAE's round trip
+        else:
+            guided = self._guided(request.renderer)
+            call: dict[str, Any] = {"image": image, "num_frames": frames, "height": height, "width": width, "frame_rate": fps,
+                                    "num_inference_steps": int(preset["steps"]), "guidance_scale": float(preset["guidance_scale"]),
+                                    "generator": generator, "output_type": "np", **self._prompt_kwargs(request.prompt, guided), **extra}
+            if sigmas is not None:
+                call["sigmas"] = sigmas
+            # The pipeline guides both streams when either scale is above 1: audio follows the video's choice.
+            call["audio_guidance_scale"] = float(preset.get("audio_guidance_scale") or preset["guidance_scale"]) if guided else 1.0
+            result = self.pipe(**call)
+            if request.renderer == "sfx":
+                audio = np.asarray(result.audio[0].float().cpu().numpy() if hasattr(result.audio[0], "cpu") else result.audio[0], dtype=np.float32)
+                rate = int(self.pipe.vocoder.config.output_sampling_rate)
+        pictures = np.asarray(result.frames[0])
+        if pictures.dtype != np.uint8:
+            pictures = (np.clip(pictures, 0.0, 1.0) * 255).round().astype(np.uint8)
+        write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
+                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("x264_preset", "veryfast")))
