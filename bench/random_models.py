@@ -147,8 +147,13 @@ def ltx2(path: Path, size: str = "tiny", device: str = "cpu") -> Path:
     """An LTX-2 image-to-video pipeline (transformer, video and audio VAEs, vocoder, connectors, Gemma 3 text
     encoder) with random weights, saved under `path`."""
     import torch
-    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2ImageToVideoPipeline,
-                           LTX2VideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2ImageToVideoPipeline,
+        LTX2VideoTransformer3DModel,
+    )
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration

@@ -203,7 +203,15 @@ def video(ctx: RunContext) -> StageResult:
                 workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
                 if hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
                     backend.prepare([clip_request(ctx, item) for item in todo])
-            generate(ctx, result, todo, make, lambda item: f"clip {item.number:02d}", workers=workers)
+            # An sfx clip that starts from the previous clip's last frame waits for that clip, and its key is taken
+            # only then (it holds the previous clip's hash): rounds of clips whose predecessor is not pending.
+            tried: set[int] = set()
+            while todo:
+                waiting = {item.number for item in todo}
+                ready = [item for item in todo if "previous_clip" not in item.inputs or item.number - 1 not in waiting]
+                generate(ctx, result, ready, make, lambda item: f"clip {item.number:02d}", workers=workers)
+                tried |= {item.number for item in ready}
+                todo = [item for item in pending(ctx, clip_items(ctx)) if item.number not in tried]
             if backend is not None and hasattr(backend, "stage_figures"):
                 figures.update(backend.stage_figures())
     result.loads = ctx.calls["tts.load"] + ctx.calls["video.load"]

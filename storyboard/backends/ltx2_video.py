@@ -68,9 +68,9 @@ def log_mel(samples: np.ndarray, rate: int, mel_bins: int, hop: int) -> Any:
 
 @register("video", "ltx2")
 class LTX2Video(BackendBase, LoadedModel):
-    """Settings: model (diffusers LTX-2 checkpoint id or path), preset (distilled|full), presets {name: steps,
+    """Settings: model (diffusers LTX-2 checkpoint id or path), quality (distilled|full), presets {quality: steps,
     guidance_scale, audio_guidance_scale, long_side, ...pipeline arguments}, frame_rate (model fps; default the
-    run's), device, dtype, fp8, text_encoder_4bit, offload, vae_tiling, encode_prompts_first, crf, x264_preset."""
+    run's), device, dtype, fp8, text_encoder_4bit, offload, vae_tiling, encode_prompts_first, crf and preset (x264)."""
 
     name = "ltx2"
     sfx_from_previous = True
@@ -80,9 +80,9 @@ class LTX2Video(BackendBase, LoadedModel):
         super().__init__(settings)
         self._init_figures()
         self.model_ref = str(settings.get("model", "Lightricks/LTX-2"))
-        self.preset_name = str(settings.get("preset", "distilled"))
+        self.preset_name = str(settings.get("quality", "distilled"))
         if self.preset_name not in PRESETS:
-            raise PreflightError(f"video.preset: {self.preset_name!r}; choose {' or '.join(PRESETS)}")
+            raise PreflightError(f"video.quality: {self.preset_name!r}; choose {' or '.join(PRESETS)}")
         self.pipe: Any = None
         self.a2v_pipe: Any = None
         self.embeds: dict[str, tuple[Any, Any]] = {}
@@ -94,7 +94,7 @@ class LTX2Video(BackendBase, LoadedModel):
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_ref, "preset": self.preset(), "frame_rate": self.settings.get("frame_rate"),
                 "fp8": bool(self.settings.get("fp8", False)), "crf": int(self.settings.get("crf", 20)),
-                "x264_preset": str(self.settings.get("x264_preset", "veryfast"))}
+                "x264_preset": str(self.settings.get("preset", "veryfast"))}
 
     def missing_models(self) -> list[str]:
         return missing({"video": self.model_ref})
@@ -244,4 +244,4 @@ class LTX2Video(BackendBase, LoadedModel):
         if pictures.dtype != np.uint8:
             pictures = (np.clip(pictures, 0.0, 1.0) * 255).round().astype(np.uint8)
         write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
-                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("x264_preset", "veryfast")))
+                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))

@@ -1,0 +1,136 @@
+"""The LTX-2 video backend on a tiny random-weight LTX-2 built in the test, saved and loaded through
+`from_pretrained`, run by the product's video stage on the CPU: clip lengths, the audio policy per
+renderer, and that a2v really feeds the speech latents (held clean) to the transformer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import tiny_models  # noqa: E402
+
+from storyboard.backends.ltx2_video import frame_count, log_mel, retime  # noqa: E402
+from storyboard.media import fit_length, last_frame, load_audio, probe  # noqa: E402
+from storyboard.pipeline import create_run, run_stages  # noqa: E402
+from storyboard.profiles import resolve_config  # noqa: E402
+
+IDEA = "A cat who wants to be a judge"
+
+
+def test_frame_counts_are_8k_plus_1_and_never_shorter() -> None:
+    for seconds in (0.1, 1.0, 3.49, 4.0, 5.02, 9.04):
+        frames = frame_count(seconds, 24)
+        assert (frames - 1) % 8 == 0 and frames >= seconds * 24 and frames - 8 < max(seconds * 24, 9)
+    assert frame_count(5.0, 24) == 121 and frame_count(9.0, 24) == 217
+    assert len(retime(np.zeros((49, 1, 1, 3)), 24, 30)) == 61 and len(retime(np.zeros((49, 1, 1, 3)), 24, 24)) == 49
+
+
+@pytest.fixture(scope="module")
+def ltx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models.ltx2(tmp_path_factory.mktemp("tiny") / "ltx2")
+
+
+def envelope(samples: np.ndarray, rate: int) -> np.ndarray:
+    window = rate // 50
+    mono = samples.mean(axis=0)
+    usable = len(mono) - len(mono) % window
+    return np.sqrt((mono[:usable].reshape(-1, window) ** 2).mean(axis=1))
+
+
+def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from diffusers import LTX2DFRPipeline, LTX2ImageToVideoPipeline, LTX2VideoTransformer3DModel
+
+    seen: list[dict] = []  # every transformer step: which entry point, the audio stream and its timestep
+    pipes: list[dict] = []
+    real_forward = LTX2VideoTransformer3DModel.forward
+
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        step = {"pipe": pipes[-1]["class"], "audio": kwargs["audio_hidden_states"].detach().clone(),
+                "audio_timestep": kwargs["audio_timestep"].detach().clone()}
+        seen.append(step)
+        pipes[-1]["steps"].append(step)
+        return real_forward(self, *args, **kwargs)
+
+    def spy(cls: type) -> None:
+        real = cls.__call__
+
+        def call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            pipes.append({"class": cls.__name__, "pipe": self, "steps": [], **kwargs})
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", call)
+
+    monkeypatch.setattr(LTX2VideoTransformer3DModel, "forward", forward)
+    spy(LTX2ImageToVideoPipeline)
+    spy(LTX2DFRPipeline)
+    config = resolve_config("offline", {"video": {"backend": "ltx2", "model": str(ltx), "device": "cpu", "max_sequence_length": 32,
+                                                  "presets": {"distilled": {"long_side": 64}}}})
+    root = create_run(IDEA, "drama10", config, tmp_path)
+    summary = run_stages(root, config, stages=("visual", "video"))
+    assert summary.status == "ok", summary
+    assert summary.calls["video.load"] == 1 and summary.calls["video.animate"] == 11
+    plan = json.loads((root / "plan.json").read_text())
+    manifest = json.loads((root / "run.json").read_text())
+    stage = manifest["stages"]["video"]
+    assert stage["load_s"] >= 0 and stage["prompts_s"] >= 0 and "peak_vram_gib" in stage
+
+    renderers = ["a2v"] + [b["renderer"] for b in plan["beats"]]
+    assert {"a2v", "i2v", "sfx"} <= set(renderers)
+    # sfx clips wait for the clip they continue from: they are made after the others.
+    order = [n for n, r in enumerate(renderers) if r != "sfx"] + [n for n, r in enumerate(renderers) if r == "sfx"]
+    calls = {number: pipes[i] for i, number in enumerate(order)}
+    assert [calls[n]["class"] for n in range(11)] == ["LTX2DFRPipeline" if r == "a2v" else "LTX2ImageToVideoPipeline" for r in renderers]
+    for number, renderer in enumerate(renderers):
+        beat_type = "hook" if number == 0 else plan["beats"][number - 1]["type"]
+        clip = root / "clips" / f"clip_{number:02d}_{beat_type}.mp4"
+        inputs = manifest["artifacts"][f"clips/{clip.name}"]["inputs"]
+        info = probe(clip)
+        call = calls[number]
+        # Length: the clip lasts exactly its planned/speech length; the model made 8k+1 frames covering it.
+        assert abs(info.video_duration - inputs["duration"]) < 1.01 / 24 and abs(info.audio_duration - inputs["duration"]) < 0.03
+        assert (info.width, info.height) == (plan["width"], plan["height"])
+        assert (call["num_frames"] - 1) % 8 == 0 and call["num_frames"] >= inputs["duration"] * 24
+        assert call["width"] % 32 == 0 and call["height"] % 32 == 0
+        sound = load_audio(clip, 16000)
+        if renderer == "i2v":  # the generated audio is dropped
+            assert np.abs(sound).max() < 1e-3, number
+        elif renderer == "a2v":  # the clip carries the TTS take: same loudness envelope
+            speech = fit_length(load_audio(root / "audio" / f"beat_{number:02d}.wav", 16000), sound.shape[1])
+            a, b = envelope(sound, 16000), envelope(speech, 16000)
+            assert np.corrcoef(a, b)[0, 1] > 0.95, number
+        else:  # sfx: generated audio kept, from the previous clip's last frame
+            assert np.abs(sound).max() > 1e-3
+            previous = root / "clips" / f"clip_{number - 1:02d}_{'hook' if number == 1 else plan['beats'][number - 2]['type']}.mp4"
+            expected = last_frame(previous).convert("RGB").resize(call["image"].size, Image.Resampling.LANCZOS)
+            assert np.array_equal(np.asarray(call["image"]), np.asarray(expected))
+
+    # a2v: the transformer sees the speech's own latents, clean (timestep 0) at every step, never a noise draw.
+    for number, call in calls.items():
+        if call["class"] != "LTX2DFRPipeline":
+            continue
+        pipe = call["pipe"]
+        vae = pipe.audio_vae
+        frames = call["num_frames"]
+        speech = fit_length(load_audio(root / "audio" / f"beat_{number:02d}.wav", vae.config.sample_rate), round(frames / 24 * vae.config.sample_rate))
+        with torch.no_grad():
+            latents = vae.encode(log_mel(speech, vae.config.sample_rate, vae.config.mel_bins, vae.config.mel_hop_length)).latent_dist.mode()
+        assert torch.equal(call["audio_latents"], latents)
+        expected = pipe._normalize_audio_latents(pipe._pack_audio_latents(latents), vae.latents_mean, vae.latents_std)
+        assert len(call["steps"]) == 8  # the distilled schedule
+        for step in call["steps"]:
+            assert torch.allclose(step["audio"].float(), expected.float(), atol=1e-5)
+            assert torch.count_nonzero(step["audio_timestep"]) == 0
+    # i2v and sfx steps denoise their own audio stream (nonzero timesteps).
+    assert all(torch.count_nonzero(s["audio_timestep"]) > 0 for s in seen if s["pipe"] == "LTX2ImageToVideoPipeline")
+
+    # Re-running changes nothing: every clip is cached.
+    again = run_stages(root, config, stages=("video",))
+    assert again.status == "up to date" and again.calls.get("video.animate", 0) == 0 and again.calls.get("video.load", 0) == 0
