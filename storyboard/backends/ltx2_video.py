@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ class LTX2Video(BackendBase, LoadedModel):
 
     name = "ltx2"
     sfx_from_previous = True
-    workers = 1  # one GPU, one clip at a time
+    # Two clips in flight: one on the GPU while the other's frames are scaled and encoded on the CPU.
+    workers = 2
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
@@ -87,6 +89,8 @@ class LTX2Video(BackendBase, LoadedModel):
         self.a2v_pipe: Any = None
         self.embeds: dict[str, tuple[Any, Any]] = {}
         self.deferred = False
+        self.workers = int(settings.get("workers", 2))
+        self.gpu = threading.Lock()  # one pipeline call at a time
 
     def preset(self) -> dict[str, Any]:
         return {**PRESETS[self.preset_name], **dict(self.settings.get("presets", {}).get(self.preset_name, {}))}
@@ -195,10 +199,8 @@ class LTX2Video(BackendBase, LoadedModel):
             return vae.encode(mel.to(self.a2v_pipe._execution_device, vae.dtype)).latent_dist.mode()
 
     def animate(self, request: ClipRequest, out: Path) -> None:
-        import torch
         from PIL import Image
 
-        self._on_device()
         preset = self.preset()
         fps = float(self.settings.get("frame_rate") or request.fps)
         frames = frame_count(request.duration, fps, self.pipe.vae_temporal_compression_ratio)
@@ -209,6 +211,19 @@ class LTX2Video(BackendBase, LoadedModel):
             with Image.open(request.image) as img:
                 image = img.convert("RGB")
         image = image.resize((width, height), Image.Resampling.LANCZOS)
+        with self.gpu:
+            self._on_device()
+            audio, rate, pictures = self._generate(request, preset, image, frames, fps, width, height)
+        if pictures.dtype != np.uint8:
+            pictures = (np.clip(pictures, 0.0, 1.0) * 255).round().astype(np.uint8)
+        write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
+                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))
+
+    def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
+                  height: int) -> tuple[np.ndarray | None, int, np.ndarray]:
+        """One pipeline call: (audio to keep or None, its rate, frames)."""
+        import torch
+
         generator = torch.Generator("cpu").manual_seed(request.seed)
         extra = {**PASSES_OFF, **{k: v for k, v in preset.items() if k not in OWN_KEYS}}
         from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
@@ -225,7 +240,8 @@ class LTX2Video(BackendBase, LoadedModel):
             result = self.a2v_pipe(
                 conditions=[LTX2VideoCondition(frames=image, index=0, strength=1.0)], audio_latents=self.speech_latents(speech),
                 freeze_audio=True, generate_slots=False, sigmas=sigmas, num_frames=frames, height=height, width=width,
-                frame_rate=fps, generator=generator, output_type="np", **self._prompt_kwargs(request.prompt, False), **{k: v for k, v in extra.items() if k in {"decode_timestep", "decode_noise_scale"}})
+                frame_rate=fps, generator=generator, output_type="np", **self._prompt_kwargs(request.prompt, False),
+                **{k: v for k, v in extra.items() if k in {"decode_timestep", "decode_noise_scale"}})
             audio = load_audio(request.audio, rate, 2)  # the clip carries the TTS take itself, not the VAE's round trip
         else:
             guided = self._guided(request.renderer)
@@ -240,8 +256,4 @@ class LTX2Video(BackendBase, LoadedModel):
             if request.renderer == "sfx":
                 audio = np.asarray(result.audio[0].float().cpu().numpy() if hasattr(result.audio[0], "cpu") else result.audio[0], dtype=np.float32)
                 rate = int(self.pipe.vocoder.config.output_sampling_rate)
-        pictures = np.asarray(result.frames[0])
-        if pictures.dtype != np.uint8:
-            pictures = (np.clip(pictures, 0.0, 1.0) * 255).round().astype(np.uint8)
-        write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
-                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))
+        return audio, rate, np.asarray(result.frames[0])

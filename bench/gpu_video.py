@@ -1,0 +1,201 @@
+"""GPU benchmark of the video backend: real-architecture LTX-2 (19B transformer, video and audio VAEs,
+vocoder, connectors) with random weights, through the product's `ltx2` backend.
+
+One call does the whole measurement for the variants asked:
+1. build the pipeline with random weights and `save_pretrained` it (kept under --out between calls);
+2. load it through the backend (`from_pretrained`, prompts encoded first, text encoder released);
+3. per case (size, frames, preset, renderer): seconds per clip through `backend.animate` (pipeline
+   call + frames scaled and encoded to H.264/AAC) against the bare pipeline call with the very
+   same arguments (captured from the backend's call), peak GPU memory;
+4. stage throughput: 4 clips through the backend with its 2 workers (one clip on the GPU while
+   the previous one is encoded), against 4 bare calls.
+
+    python bench/gpu_video.py --out outputs/bench-ltx2 --variants fp8 --json fp8.json      # H100/H200
+    python bench/gpu_video.py --size tiny --out /tmp/ltx2-tiny                              # CPU smoke test
+
+The text encoder's width and depth are Gemma-3-12B's (what the connectors read) with a shrunk
+attention/MLP, so the checkpoint fits the box's disk; prompts are encoded before clips are timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.gpu_image import gpu_name, sync  # noqa: E402
+from bench.random_models import ltx2, report  # noqa: E402
+from storyboard.backends import ClipRequest  # noqa: E402
+from storyboard.backends.hf_common import peak_gib, reset_peak  # noqa: E402
+from storyboard.backends.ltx2_video import LTX2Video  # noqa: E402
+
+# (name, run width, run height, long side, seconds, quality, renderer)
+CASES = {
+    "full": [
+        ("512x768-121f-distilled-i2v", 512, 768, 768, 5.0, "distilled", "i2v"),
+        ("512x768-121f-distilled-a2v", 512, 768, 768, 5.0, "distilled", "a2v"),
+        ("512x768-121f-distilled-sfx", 512, 768, 768, 5.0, "distilled", "sfx"),
+        ("512x768-217f-distilled-i2v", 512, 768, 768, 9.0, "distilled", "i2v"),
+        ("704x1280-121f-distilled-i2v", 704, 1280, 1280, 5.0, "distilled", "i2v"),
+        ("512x768-121f-full-i2v", 512, 768, 768, 5.0, "full", "i2v"),
+    ],
+    "tiny": [
+        ("32x64-25f-distilled-i2v", 32, 64, 64, 1.0, "distilled", "i2v"),
+        ("32x64-25f-distilled-a2v", 32, 64, 64, 1.0, "distilled", "a2v"),
+        ("32x64-25f-full-i2v", 32, 64, 64, 1.0, "full", "i2v"),
+    ],
+}
+
+
+def inputs(root: Path, width: int, height: int) -> tuple[Path, Path]:
+    """A beat image and 4.5 s of voice-like audio (harmonics under a syllable envelope, 22.05 kHz mono)."""
+    from PIL import Image
+
+    image = root / f"beat_{width}x{height}.png"
+    x = np.linspace(0, 1, width)[None, :, None]
+    y = np.linspace(0, 1, height)[:, None, None]
+    Image.fromarray((np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2) * 255).astype(np.uint8)).save(image)
+    rate = 22050
+    t = np.arange(int(rate * 4.5)) / rate
+    voice = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) * 0.2
+    speech = root / "speech.wav"
+    with wave.open(str(speech), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((voice * 32767).astype(np.int16).tobytes())
+    return image, speech
+
+
+class Capture:
+    """Records the arguments of the backend's pipeline calls, so the bare call uses the very same ones."""
+
+    def __init__(self) -> None:
+        from diffusers import LTX2DFRPipeline, LTX2ImageToVideoPipeline
+
+        self.classes = [LTX2ImageToVideoPipeline, LTX2DFRPipeline]
+        self.real = {cls: cls.__call__ for cls in self.classes}
+        self.last: tuple[Any, Any, dict[str, Any]] | None = None
+        for cls in self.classes:
+            cls.__call__ = self._wrap(cls)
+
+    def _wrap(self, cls: type) -> Any:
+        real = self.real[cls]
+
+        def call(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+            self.last = (real, pipe, dict(kwargs))
+            return real(pipe, *args, **kwargs)
+
+        return call
+
+    def bare(self, seed: int) -> float:
+        """Seconds of the last captured call made again directly (a fresh generator with the same seed)."""
+        import torch
+
+        real, pipe, kwargs = self.last  # type: ignore[misc]
+        kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
+        sync()
+        started = time.perf_counter()
+        real(pipe, **kwargs)
+        sync()
+        return time.perf_counter() - started
+
+
+def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: list[tuple], repeats: int, device: str) -> dict[str, Any]:
+    capture = Capture()
+    settings = {"backend": "ltx2", "model": str(model), "device": device, **options,
+                "presets": {"distilled": {}, "full": {}}}
+    backend = LTX2Video(settings)
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"variant": name, "options": options, "cases": []}
+    requests = []
+    for case, width, height, _long, seconds, _quality, renderer in cases:
+        image, speech = inputs(root, width, height)
+        requests.append(ClipRequest(number=len(requests), renderer=renderer, image=image, audio=speech if renderer == "a2v" else None,
+                                    duration=seconds, width=width, height=height, fps=24, seed=len(requests), prompt=f"{case}: a cat judge bangs a gavel",
+                                    previous_clip=out / "warmup.mp4" if renderer == "sfx" else None))
+    reset_peak()
+    with backend:
+        backend.prepare(requests)
+        results["figures"] = dict(backend.figures)
+        first = True
+        for request, (case, _w, _h, long_side, _s, quality, _r) in zip(requests, cases, strict=True):
+            backend.preset_name = quality
+            backend.settings["presets"][quality]["long_side"] = long_side
+            if first:  # warm-up (kernels, allocator), also the clip the sfx case continues from
+                backend.animate(request, out / "warmup.mp4")
+                first = False
+            reset_peak()
+            through, bare = [], []
+            for _ in range(repeats):
+                sync()
+                started = time.perf_counter()
+                backend.animate(request, out / f"{case}.mp4")
+                sync()
+                through.append(time.perf_counter() - started)
+                bare.append(capture.bare(request.seed))
+            row = {"case": case, "frames": capture.last[2]["num_frames"], "size": [capture.last[2]["width"], capture.last[2]["height"]],
+                   "backend_s": round(statistics.median(through), 3), "bare_s": round(statistics.median(bare), 3),
+                   "overhead": round(statistics.median(through) / statistics.median(bare) - 1, 4), "peak_gib": peak_gib()}
+            results["cases"].append(row)
+            print(json.dumps(row), flush=True)
+        # Stage throughput: 4 clips with the backend's workers (GPU and encoding overlap) against 4 bare calls.
+        request, (case, _w, _h, long_side, _s, quality, _r) = requests[0], cases[0]
+        backend.preset_name = quality
+        backend.settings["presets"][quality]["long_side"] = long_side
+        batch = [ClipRequest(**{**request.__dict__, "number": i, "seed": 100 + i}) for i in range(4)]
+        sync()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(backend.workers) as pool:
+            list(pool.map(lambda r: backend.animate(r, out / f"stage_{r.number}.mp4"), batch))
+        sync()
+        stage = time.perf_counter() - started
+        bare_total = sum(capture.bare(r.seed) for r in batch)
+        results["stage"] = {"case": case, "clips": 4, "workers": backend.workers, "stage_s": round(stage, 3), "bare_s": round(bare_total, 3),
+                            "overhead": round(stage / bare_total - 1, 4)}
+        print(json.dumps(results["stage"]), flush=True)
+        results["stage_figures"] = backend.stage_figures()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench-ltx2"))
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variants", default="fp8,bf16")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all for the size)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = args.out / f"ltx2-{args.size}"
+    started = time.perf_counter()
+    if not (model / "model_index.json").is_file():
+        ltx2(model, size=args.size, device=device)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    build_s = time.perf_counter() - started
+    cases = [c for c in CASES[args.size] if not args.cases or c[0] in args.cases.split(",")]
+    known = {"bf16": {}, "fp8": {"fp8": True}, "fp8-nf4": {"fp8": True, "text_encoder_4bit": True}, "fp8-tiled": {"fp8": True, "vae_tiling": True}}
+    results = {"gpu": gpu_name(), "size": args.size, "build_and_save_s": round(build_s, 1), "variants": []}
+    for name in args.variants.split(","):
+        results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device))
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
