@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu_image import gpu_name, sync  # noqa: E402
 from bench.random_models import ltx2, report  # noqa: E402
 from storyboard.backends import ClipRequest  # noqa: E402
-from storyboard.backends.hf_common import peak_gib, reset_peak  # noqa: E402
+from storyboard.backends.hf_common import free_memory, peak_gib, reset_peak  # noqa: E402
 from storyboard.backends.ltx2_video import LTX2Video  # noqa: E402
 
 # (name, run width, run height, long side, seconds, quality, renderer)
@@ -186,8 +186,7 @@ def main() -> None:
     started = time.perf_counter()
     if not (model / "model_index.json").is_file():
         ltx2(model, size=args.size, device=device)
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        free_memory()  # the random-weight copy must be gone before the backend loads the saved one
     build_s = time.perf_counter() - started
     cases = [c for c in CASES[args.size] if not args.cases or c[0] in args.cases.split(",")]
     known = {"bf16": {}, "fp8": {"fp8": True}, "fp8-nf4": {"fp8": True, "text_encoder_4bit": True}, "fp8-tiled": {"fp8": True, "vae_tiling": True}}
