@@ -127,6 +127,12 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
                                     previous_clip=out / "warmup.mp4" if renderer == "sfx" else None))
     reset_peak()
     with backend:
+        for part in ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder"):
+            module = getattr(backend.pipe, part)
+            sizes: dict[str, float] = {}
+            for tensor in module.parameters():
+                sizes[f"{tensor.dtype}@{tensor.device}"] = sizes.get(f"{tensor.dtype}@{tensor.device}", 0.0) + tensor.numel() * tensor.element_size() / 2**30
+            print(part, {k: round(v, 2) for k, v in sizes.items()}, flush=True)
         backend.prepare(requests)
         results["figures"] = dict(backend.figures)
         first = True
