@@ -179,6 +179,12 @@ def test_fp8_storage_and_bucket_snapping_check(models: dict[str, Path], tmp_path
         assert block.attn.to_q.weight.dtype == block.ff.net[0].proj.weight.dtype == torch.float8_e4m3fn  # stored in fp8, computed in float32
         backend.draw(request, tmp_path / "fp8.png")
         assert Image.open(tmp_path / "fp8.png").size == (512, 768)
+    # img2img on the same weights keeps them as loaded (diffusers' from_pipe would recast them to float32).
+    with DiffusersImage(image_settings(models, fp8=True, edit="img2img", dtype="bfloat16")) as img2img:
+        assert img2img.edit_pipe.transformer is img2img.pipe.transformer and type(img2img.edit_pipe).__name__ == "FluxImg2ImgPipeline"
+        block = img2img.pipe.transformer.transformer_blocks[0]
+        assert block.attn.to_q.weight.dtype == torch.float8_e4m3fn and img2img.pipe.vae.dtype == torch.bfloat16
+    with backend:
         # A pipeline that returns another size than asked is caught, not silently resized.
         real = type(backend.pipe).__call__
 

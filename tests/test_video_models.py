@@ -134,3 +134,14 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
     # Re-running changes nothing: every clip is cached.
     again = run_stages(root, config, stages=("video",))
     assert again.status == "up to date" and again.calls.get("video.animate", 0) == 0 and again.calls.get("video.load", 0) == 0
+
+
+def test_second_entry_point_shares_weights_and_keeps_fp8_and_dtype(ltx: Path, tmp_path: Path) -> None:
+    """The a2v pipeline reuses the loaded components; nothing is recast (diffusers' from_pipe would make them float32)."""
+    from storyboard.backends.ltx2_video import LTX2Video
+
+    with LTX2Video({"model": str(ltx), "device": "cpu", "dtype": "bfloat16", "fp8": True}) as backend:
+        assert backend.a2v_pipe.transformer is backend.pipe.transformer and backend.a2v_pipe.vae is backend.pipe.vae
+        assert {str(p.dtype) for p in backend.pipe.transformer.parameters()} == {"torch.float8_e4m3fn", "torch.bfloat16"}
+        assert {str(p.dtype) for p in backend.pipe.vae.parameters()} == {"torch.bfloat16"}
+        assert backend.a2v_pipe.scheduler is not backend.pipe.scheduler

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PreflightError, StageError
 from . import BackendBase, ImageRequest, register
-from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model
+from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model, same_weights
 
 # Per model family (the pipeline class in model_index.json): the model's own recommended settings.
 # draft = about 1024 on the long side and few steps; final = full size and the recommended steps.
@@ -130,10 +130,10 @@ class DiffusersImage(BackendBase, LoadedModel):
                 self.edit_pipe = load_pipeline(self.settings, str(self.edit_ref), "image edit", dtype, device, shared)
             else:
                 with LOAD_LOCK:
-                    from diffusers import AutoPipelineForImage2Image
+                    from diffusers.pipelines.auto_pipeline import AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, _get_task_class
 
-                    self.edit_pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)  # same weights, no extra memory
-                self.edit_pipe.set_progress_bar_config(disable=True)
+                    # same weights, no extra memory, dtype and fp8 storage kept
+                    self.edit_pipe = same_weights(_get_task_class(AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, type(self.pipe).__name__), self.pipe)
 
         self.timed_load(load)
         return self

@@ -142,6 +142,19 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
     return pipe
 
 
+def same_weights(cls: Any, pipe: Any) -> Any:
+    """Pipeline class `cls` on `pipe`'s loaded components: no copy and no dtype change. (`from_pipe` casts every
+    component to its `dtype` argument, float32 when none is given, which would also undo fp8 storage.)"""
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    parts = {name: part for name, part in pipe.components.items() if name in accepted and part is not None}
+    parts["scheduler"] = type(pipe.scheduler).from_config(pipe.scheduler.config)  # its own step state
+    new = cls(**parts)
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
 def _torch() -> Any:
     """torch if a backend already imported it (figures never import torch on their own)."""
     return sys.modules.get("torch")

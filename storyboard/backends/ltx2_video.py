@@ -25,7 +25,18 @@ from ..errors import PreflightError, StageError
 from ..media import fit_length, last_frame, load_audio, write_clip
 from . import BackendBase, ClipRequest, register
 from .diffusers_image import pipeline_size
-from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, in_use_gib, load_pipeline, missing, resolve_model
+from .hf_common import (
+    LOAD_LOCK,
+    LoadedModel,
+    device_of,
+    dtype_of,
+    free_memory,
+    in_use_gib,
+    load_pipeline,
+    missing,
+    resolve_model,
+    same_weights,
+)
 
 # distilled: the distilled checkpoint's 8-sigma schedule without guidance; full: the base model, 30 steps with CFG.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -121,10 +132,8 @@ class LTX2Video(BackendBase, LoadedModel):
             if self.deferred and not getattr(pipe.text_encoder, "is_loaded_in_4bit", False):  # an nf4 encoder already sits on the GPU
                 pipe.text_encoder.to(self.device)
             with LOAD_LOCK:  # the same weights under the two entry points, no copy
-                self.pipe = pipe if isinstance(pipe, LTX2ImageToVideoPipeline) else LTX2ImageToVideoPipeline.from_pipe(pipe)
-                self.a2v_pipe = LTX2DFRPipeline.from_pipe(self.pipe)
-            for p in (self.pipe, self.a2v_pipe):
-                p.set_progress_bar_config(disable=True)
+                self.pipe = pipe if isinstance(pipe, LTX2ImageToVideoPipeline) else same_weights(LTX2ImageToVideoPipeline, pipe)
+                self.a2v_pipe = same_weights(LTX2DFRPipeline, self.pipe)
 
         self.timed_load(load)
         return self
