@@ -115,7 +115,8 @@ def flux(path: Path, size: str = "tiny", pipeline: str = "FluxPipeline", device:
 # keeps the wiring (a VAE with 8x spatial and temporal compression, a 2-layer Gemma 3).
 LTX2 = {
     "full": {
-        "transformer": {}, "vae": {}, "audio_vae": {}, "vocoder": {}, "connectors": {},
+        "transformer": {}, "audio_vae": {}, "vocoder": {}, "connectors": {},
+        "vae": {"decoder_causal": False, "spatial_compression_ratio": 32, "temporal_compression_ratio": 8},  # as the conversion script sets
         # Gemma-3-12B's width and depth (what the connectors read: 3840 x 49 hidden states); its attention and MLP
         # are shrunk, so the random checkpoint fits the benchmark disk. Prompts are encoded before the clips are timed.
         "gemma": {"hidden_size": 3840, "num_hidden_layers": 48, "intermediate_size": 256, "num_attention_heads": 2,
