@@ -84,9 +84,14 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
 
     renderers = ["a2v"] + [b["renderer"] for b in plan["beats"]]
     assert {"a2v", "i2v", "sfx"} <= set(renderers)
-    # sfx clips wait for the clip they continue from: they are made after the others.
-    order = [n for n, r in enumerate(renderers) if r != "sfx"] + [n for n, r in enumerate(renderers) if r == "sfx"]
-    calls = {number: pipes[i] for i, number in enumerate(order)}
+    # Two clips are in flight at once (one on the model, one encoding): calls are matched to beats by their seed.
+    seeds = {manifest["artifacts"][k]["inputs"]["seed"]: int(k.split("_")[1]) for k in manifest["artifacts"] if k.startswith("clips/")}
+    calls = {seeds[p["generator"].initial_seed()]: p for p in pipes}
+    # sfx clips wait for the clip they continue from: they are made after it.
+    for number, renderer in enumerate(renderers):
+        if renderer == "sfx":
+            position = {id(p): i for i, p in enumerate(pipes)}
+            assert position[id(calls[number])] > position[id(calls[number - 1])]
     assert [calls[n]["class"] for n in range(11)] == ["LTX2DFRPipeline" if r == "a2v" else "LTX2ImageToVideoPipeline" for r in renderers]
     for number, renderer in enumerate(renderers):
         beat_type = "hook" if number == 0 else plan["beats"][number - 1]["type"]

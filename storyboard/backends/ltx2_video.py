@@ -78,6 +78,22 @@ def log_mel(samples: np.ndarray, rate: int, mel_bins: int, hop: int) -> Any:
     return torch.log(torch.clamp(mel, min=1e-5)).transpose(1, 2).unsqueeze(0)
 
 
+def to_uint8(video: Any, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
+    """(frames, 3, h, w) float tensor in [0, 1] -> (frames, height, width, 3) uint8 array at `size`, scaled and
+    quantised where the tensor is (the GPU), so only bytes come back to the CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    width, height = size
+    out = []
+    for start in range(0, video.shape[0], chunk):
+        part = video[start:start + chunk].float()
+        if part.shape[-2:] != (height, width):
+            part = F.interpolate(part, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        out.append((part.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    return torch.cat(out).numpy()
+
+
 @register("video", "ltx2")
 class LTX2Video(BackendBase, LoadedModel):
     """Settings: model (diffusers LTX-2 checkpoint id or path), quality (distilled|full), presets {quality: steps,
@@ -222,15 +238,14 @@ class LTX2Video(BackendBase, LoadedModel):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
         with self.gpu:
             self._on_device()
-            audio, rate, pictures = self._generate(request, preset, image, frames, fps, width, height)
-        if pictures.dtype != np.uint8:
-            pictures = (np.clip(pictures, 0.0, 1.0) * 255).round().astype(np.uint8)
+            audio, rate, video = self._generate(request, preset, image, frames, fps, width, height)
+            pictures = to_uint8(video, (request.width, request.height))
         write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
                    crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))
 
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
-                  height: int) -> tuple[np.ndarray | None, int, np.ndarray]:
-        """One pipeline call: (audio to keep or None, its rate, frames)."""
+                  height: int) -> tuple[np.ndarray | None, int, Any]:
+        """One pipeline call: (audio to keep or None, its rate, frames as a (frames, 3, h, w) tensor in [0, 1])."""
         import torch
 
         generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -249,14 +264,14 @@ class LTX2Video(BackendBase, LoadedModel):
             result = self.a2v_pipe(
                 conditions=[LTX2VideoCondition(frames=image, index=0, strength=1.0)], audio_latents=self.speech_latents(speech),
                 freeze_audio=True, generate_slots=False, sigmas=sigmas, num_frames=frames, height=height, width=width,
-                frame_rate=fps, generator=generator, output_type="np", **self._prompt_kwargs(request.prompt, False),
+                frame_rate=fps, generator=generator, output_type="pt", **self._prompt_kwargs(request.prompt, False),
                 **{k: v for k, v in extra.items() if k in {"decode_timestep", "decode_noise_scale"}})
             audio = load_audio(request.audio, rate, 2)  # the clip carries the TTS take itself, not the VAE's round trip
         else:
             guided = self._guided(request.renderer)
             call: dict[str, Any] = {"image": image, "num_frames": frames, "height": height, "width": width, "frame_rate": fps,
                                     "num_inference_steps": int(preset["steps"]), "guidance_scale": float(preset["guidance_scale"]),
-                                    "generator": generator, "output_type": "np", **self._prompt_kwargs(request.prompt, guided), **extra}
+                                    "generator": generator, "output_type": "pt", **self._prompt_kwargs(request.prompt, guided), **extra}
             if sigmas is not None:
                 call["sigmas"] = sigmas
             # The pipeline guides both streams when either scale is above 1: audio follows the video's choice.
@@ -265,4 +280,4 @@ class LTX2Video(BackendBase, LoadedModel):
             if request.renderer == "sfx":
                 audio = np.asarray(result.audio[0].float().cpu().numpy() if hasattr(result.audio[0], "cpu") else result.audio[0], dtype=np.float32)
                 rate = int(self.pipe.vocoder.config.output_sampling_rate)
-        return audio, rate, np.asarray(result.frames[0])
+        return audio, rate, result.frames[0]
