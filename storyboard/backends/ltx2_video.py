@@ -174,12 +174,13 @@ class LTX2Video(BackendBase, LoadedModel):
                 embeds, mask, _, _ = self.pipe.encode_prompt(prompt=prompt, do_classifier_free_guidance=False,
                                                              max_sequence_length=int(self.settings.get("max_sequence_length", 1024)),
                                                              device=self.pipe.text_encoder.device)
-            self.embeds[prompt] = (embeds.cpu(), mask.cpu())
+            pin = self.pipe.text_encoder.device.type == "cuda"  # pinned: each clip's copy to the GPU does not stall
+            self.embeds[prompt] = (embeds.cpu().pin_memory() if pin else embeds.cpu(), mask.cpu())
         return self.embeds[prompt]
 
     def _prompt_kwargs(self, prompt: str, guided: bool) -> dict[str, Any]:
         embeds, mask = self._encode(prompt)
-        kwargs = {"prompt_embeds": embeds.to(self.device), "prompt_attention_mask": mask.to(self.device)}
+        kwargs = {"prompt_embeds": embeds.to(self.device, non_blocking=True), "prompt_attention_mask": mask.to(self.device)}
         if guided:  # the negative prompt is empty, encoded once
             negative, negative_mask = self._encode("")
             kwargs.update(negative_prompt_embeds=negative.to(self.device), negative_prompt_attention_mask=negative_mask.to(self.device))
@@ -190,10 +191,8 @@ class LTX2Video(BackendBase, LoadedModel):
         import time
 
         started = time.monotonic()
-        for request in requests:
-            self._encode(request.prompt)
-            if self._guided(request.renderer):
-                self._encode("")
+        for prompt in ["", *(request.prompt for request in requests)]:  # "" is the negative prompt of guided presets
+            self._encode(prompt)
         self.figures["prompts_s"] = round(time.monotonic() - started, 3)
         self._on_device(release_text_encoder=True)
 
