@@ -160,6 +160,9 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
                    "overhead": round(statistics.median(through) / statistics.median(bare) - 1, 4), "peak_gib": peak_gib()}
             results["cases"].append(row)
             print(json.dumps(row), flush=True)
+        if not stage_clips:
+            results["stage_figures"] = backend.stage_figures()
+            return results
         # Stage throughput: a short's clips with the backend's workers (GPU and encoding overlap) against bare calls.
         request, (case, _w, _h, long_side, _s, quality, _r) = requests[0], cases[0]
         backend.preset_name = quality
@@ -187,6 +190,7 @@ def main() -> None:
     parser.add_argument("--variants", default="fp8,bf16")
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all for the size)")
     parser.add_argument("--stage-clips", type=int, default=11, help="clips in the throughput run (hook + 10 beats)")
+    parser.add_argument("--stage-variants", default="", help="variants that get the throughput run (default: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     import torch
@@ -203,7 +207,8 @@ def main() -> None:
     known = {"bf16": {}, "fp8": {"fp8": True}, "fp8-nf4": {"fp8": True, "text_encoder_4bit": True}, "fp8-tiled": {"fp8": True, "vae_tiling": True}}
     results = {"gpu": gpu_name(), "size": args.size, "build_and_save_s": round(build_s, 1), "variants": []}
     for name in args.variants.split(","):
-        results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device, args.stage_clips))
+        results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device,
+                                              args.stage_clips if not args.stage_variants or name in args.stage_variants.split(",") else 0))
     report(results, args.json)
 
 

@@ -98,7 +98,8 @@ def to_uint8(video: Any, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
 class LTX2Video(BackendBase, LoadedModel):
     """Settings: model (diffusers LTX-2 checkpoint id or path), quality (distilled|full), presets {quality: steps,
     guidance_scale, audio_guidance_scale, long_side, ...pipeline arguments}, frame_rate (model fps; default the
-    run's), device, dtype, fp8, text_encoder_4bit, offload, vae_tiling, encode_prompts_first, crf and preset (x264)."""
+    run's), device, dtype, fp8 (transformer and, unless fp8_connectors is false, the text connectors), text_encoder_4bit,
+    offload, vae_tiling, encode_prompts_first, crf and preset (x264)."""
 
     name = "ltx2"
     sfx_from_previous = True
@@ -145,6 +146,10 @@ class LTX2Video(BackendBase, LoadedModel):
             # Prompts first: everything but the text encoder waits on the CPU until every prompt is encoded.
             self.deferred = bool(self.settings.get("encode_prompts_first", True)) and offload == "none" and self.device != "cpu"
             pipe = load_pipeline(self.settings, self.model_ref, "video", self.dtype, "cpu" if self.deferred else self.device)
+            if self.settings.get("fp8") and self.settings.get("fp8_connectors", True):
+                import torch  # the text connectors (1.4B parameters) are stored in fp8 too, computed in the run's dtype
+
+                pipe.connectors.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=self.dtype)
             if self.deferred and not getattr(pipe.text_encoder, "is_loaded_in_4bit", False):  # an nf4 encoder already sits on the GPU
                 pipe.text_encoder.to(self.device)
             with LOAD_LOCK:  # the same weights under the two entry points, no copy
