@@ -101,6 +101,12 @@ class Capture:
 
         return call
 
+    def close(self) -> None:
+        """Put the real calls back and drop the last pipeline (it would keep a variant's weights on the GPU)."""
+        for cls in self.classes:
+            cls.__call__ = self.real[cls]
+        self.last = None
+
     def bare(self, seed: int) -> float:
         """Seconds of the last captured call made again directly (a fresh generator with the same seed)."""
         import torch
@@ -162,6 +168,7 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
             print(json.dumps(row), flush=True)
         if not stage_clips:
             results["stage_figures"] = backend.stage_figures()
+            capture.close()
             return results
         # Stage throughput: a short's clips with the backend's workers (GPU and encoding overlap) against bare calls.
         request, (case, _w, _h, long_side, _s, quality, _r) = requests[0], cases[0]
@@ -179,6 +186,7 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
                             "overhead": round(stage / bare_total - 1, 4)}
         print(json.dumps(results["stage"]), flush=True)
         results["stage_figures"] = backend.stage_figures()
+        capture.close()
     return results
 
 

@@ -127,6 +127,8 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
         denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     if settings.get("vae_tiling") and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
+        if hasattr(pipe.vae, "use_framewise_decoding"):  # video VAEs (LTX): tile along time as well, or decode holds every frame
+            pipe.vae.use_framewise_encoding = pipe.vae.use_framewise_decoding = True
     offload = str(settings.get("offload", "none"))
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
