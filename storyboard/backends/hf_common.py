@@ -103,7 +103,8 @@ def load_pretrained(settings: dict[str, Any], ref: str, what: str, model_class: 
 def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, device: str, shared: dict[str, Any] | None = None) -> Any:
     """A diffusers pipeline from a local checkpoint with the memory settings every diffusers backend shares:
     components to reuse from an already loaded pipeline (`shared`), nf4 text encoders (`text_encoder_4bit`), fp8
-    layerwise storage of the denoiser (`fp8`), VAE tiling, and offload none|model|group|sequential."""
+    layerwise storage of the denoiser (`fp8`) and of the VAE (`fp8_vae`), VAE tiling (`vae_tiling`; video VAEs also
+    `vae_temporal_tile_frames`), and offload none|model|group|sequential."""
     with LOAD_LOCK:  # diffusers' lazy imports and from_pretrained are not safe in two threads at once
         import torch
         from diffusers import DiffusionPipeline, PipelineQuantizationConfig
@@ -125,10 +126,14 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
     if settings.get("fp8") and denoiser is not None:
         denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if settings.get("fp8_vae") and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     if settings.get("vae_tiling") and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
-        if hasattr(pipe.vae, "use_framewise_decoding"):  # video VAEs (LTX): tile along time as well, or decode holds every frame
-            pipe.vae.use_framewise_encoding = pipe.vae.use_framewise_decoding = True
+    frames = int(settings.get("vae_temporal_tile_frames") or 0)
+    if frames and hasattr(getattr(pipe, "vae", None), "use_framewise_decoding"):  # video VAEs (LTX): tiles along time too
+        pipe.vae.enable_tiling(tile_sample_min_num_frames=frames, tile_sample_stride_num_frames=max(8, frames - 8))
+        pipe.vae.use_framewise_encoding = pipe.vae.use_framewise_decoding = True
     offload = str(settings.get("offload", "none"))
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)

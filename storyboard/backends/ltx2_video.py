@@ -99,7 +99,7 @@ class LTX2Video(BackendBase, LoadedModel):
     """Settings: model (diffusers LTX-2 checkpoint id or path), quality (distilled|full), presets {quality: steps,
     guidance_scale, audio_guidance_scale, long_side, ...pipeline arguments}, frame_rate (model fps; default the
     run's), device, dtype, fp8 (transformer and, unless fp8_connectors is false, the text connectors), text_encoder_4bit,
-    offload, vae_tiling, encode_prompts_first, crf and preset (x264)."""
+    offload, vae_tiling, vae_temporal_tile_frames, fp8_vae, encode_prompts_first, crf and preset (x264)."""
 
     name = "ltx2"
     sfx_from_previous = True
