@@ -214,7 +214,8 @@ def main() -> None:
     cases = [c for c in CASES[args.size] if not args.cases or c[0] in args.cases.split(",")]
     known = {"bf16": {}, "fp8": {"fp8": True}, "fp8-nf4": {"fp8": True, "text_encoder_4bit": True}, "fp8-tiled": {"fp8": True, "vae_tiling": True},
              "fp8-tiled-vae8": {"fp8": True, "vae_tiling": True, "fp8_vae": True},
-             "fp8-tiled-t48": {"fp8": True, "vae_tiling": True, "vae_temporal_tile_frames": 48}}
+             "fp8-tiled-t48": {"fp8": True, "vae_tiling": True, "vae_temporal_tile_frames": 48},
+             "fp8-tiled-vae8-t48": {"fp8": True, "vae_tiling": True, "fp8_vae": True, "vae_temporal_tile_frames": 48}}
     results = {"gpu": gpu_name(), "size": args.size, "build_and_save_s": round(build_s, 1), "variants": []}
     for name in args.variants.split(","):
         results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device,

@@ -125,7 +125,9 @@ class LTX2Video(BackendBase, LoadedModel):
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_ref, "preset": self.preset(), "frame_rate": self.settings.get("frame_rate"),
-                "fp8": bool(self.settings.get("fp8", False)), "crf": int(self.settings.get("crf", 20)),
+                "fp8": bool(self.settings.get("fp8", False)), "fp8_vae": bool(self.settings.get("fp8_vae", False)),
+                "vae_tiles": [bool(self.settings.get("vae_tiling", False)), int(self.settings.get("vae_temporal_tile_frames") or 0)],
+                "crf": int(self.settings.get("crf", 20)),
                 "x264_preset": str(self.settings.get("preset", "veryfast"))}
 
     def missing_models(self) -> list[str]:
