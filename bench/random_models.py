@@ -181,6 +181,30 @@ def ltx2(path: Path, size: str = "tiny", device: str = "cpu") -> Path:
     return path
 
 
+def ltx_video(path: Path) -> Path:
+    """A tiny LTX-Video image-to-video pipeline (transformer, VAE with 8x compression, T5 encoder) with random
+    weights, saved under `path`: the wiring of the 0.9.x checkpoints, for tests."""
+    import torch
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXVideoTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tok = tokenizer()
+    tok.model_max_length = 128
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2,
+                                             attention_head_dim=8, cross_attention_dim=16, num_layers=1, caption_channels=16)
+    vae = AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                                layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+                                spatio_temporal_scaling=(True, True, True, False), decoder_spatio_temporal_scaling=(True, True, True, False),
+                                decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
+                                timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False)
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0))
+    pipe = LTXImageToVideoPipeline(transformer=transformer, vae=vae, text_encoder=t5, tokenizer=tok, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.save_pretrained(path)
+    return path
+
+
 def report(results: dict[str, Any], json_path: Path | None) -> None:
     """Print a benchmark's results and keep them as JSON when asked."""
     import json

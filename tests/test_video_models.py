@@ -150,3 +150,50 @@ def test_second_entry_point_shares_weights_and_keeps_fp8_and_dtype(ltx: Path, tm
         assert {str(p.dtype) for p in backend.pipe.transformer.parameters()} == {"torch.float8_e4m3fn", "torch.bfloat16"}
         assert {str(p.dtype) for p in backend.pipe.vae.parameters()} == {"torch.bfloat16"}
         assert backend.a2v_pipe.scheduler is not backend.pipe.scheduler
+
+
+def test_ltx_video_animates_every_renderer_without_sound_of_its_own(tmp_path: Path) -> None:
+    """LTX-Video, the lighter alternative: image-to-video for all three renderers; a2v clips carry the take, the
+    others are silent; sfx continues from the previous clip's last frame."""
+    import wave
+
+    from diffusers import LTXImageToVideoPipeline
+
+    from storyboard.backends import ClipRequest
+    from storyboard.backends.diffusers_video import LTXVideo
+
+    model = tiny_models.ltx_video(tmp_path / "ltx-video")
+    Image.new("RGB", (108, 192), (200, 100, 50)).save(tmp_path / "beat.png")
+    rate = 22050
+    t = np.arange(int(rate * 1.2)) / rate
+    with wave.open(str(tmp_path / "line.wav"), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((0.3 * np.sin(2 * np.pi * 220 * t) * (t < 1.0) * 32767).astype(np.int16).tobytes())
+    images = []
+    real = LTXImageToVideoPipeline.__call__
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        images.append(kwargs["image"])
+        return real(self, *args, **kwargs)
+
+    LTXImageToVideoPipeline.__call__ = spy
+    try:
+        with LTXVideo({"model": str(model), "device": "cpu", "presets": {"distilled": {"long_side": 64}}}) as backend:
+            for number, renderer in enumerate(["i2v", "a2v", "sfx"], 1):
+                request = ClipRequest(number=number, renderer=renderer, image=tmp_path / "beat.png",
+                                      audio=tmp_path / "line.wav" if renderer == "a2v" else None, duration=1.5, width=108, height=192,
+                                      fps=24, seed=number, prompt="a cat judge", previous_clip=tmp_path / "clip_2.mp4" if renderer == "sfx" else None)
+                backend.animate(request, tmp_path / f"clip_{number}.mp4")
+    finally:
+        LTXImageToVideoPipeline.__call__ = real
+    for number in (1, 2, 3):
+        info = probe(tmp_path / f"clip_{number}.mp4")
+        assert abs(info.video_duration - 1.5) < 1.01 / 24 and abs(info.audio_duration - 1.5) < 0.03 and (info.width, info.height) == (108, 192)
+    assert np.abs(load_audio(tmp_path / "clip_1.mp4", 16000)).max() < 1e-3
+    assert np.abs(load_audio(tmp_path / "clip_3.mp4", 16000)).max() < 1e-3
+    speech = load_audio(tmp_path / "clip_2.mp4", 16000)
+    assert np.abs(speech[:, : 16000 * 9 // 10]).mean() > 0.05 and np.abs(speech[:, 16000 * 21 // 20:]).max() < 0.02  # the take, then silence
+    expected = last_frame(tmp_path / "clip_2.mp4").convert("RGB").resize(images[2].size, Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(images[2]), np.asarray(expected))

@@ -122,7 +122,7 @@ Factory = Callable[[dict[str, Any]], Any]
 _REGISTRY: dict[str, dict[str, Factory]] = {}
 CAPABILITIES = ("planner", "image", "judge", "tts", "qa", "video", "reviewer")
 _BUILTIN_MODULES = ["template_planner", "openai_planner", "gemini_planner", "transformers_planner", "card", "diffusers_image",
-                    "heuristic_judge", "gemini_judge", "vlm_judge", "piper_tts", "transformers_tts", "recognisers", "kenburns", "ltx2_video", "reviewers"]
+                    "heuristic_judge", "gemini_judge", "vlm_judge", "piper_tts", "transformers_tts", "recognisers", "kenburns", "diffusers_video", "ltx2_video", "reviewers"]
 
 
 def register(capability: str, name: str) -> Callable[[Factory], Factory]:

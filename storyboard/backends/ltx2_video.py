@@ -14,26 +14,21 @@ sits in GPU memory beside the transformer.
 from __future__ import annotations
 
 import json
-import math
-import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import PreflightError, StageError
-from ..media import fit_length, last_frame, load_audio, write_clip
-from . import BackendBase, ClipRequest, register
-from .diffusers_image import pipeline_size
+from ..media import fit_length, load_audio
+from . import ClipRequest, register
+from .diffusers_video import ClipBackend, frame_count, retime  # noqa: F401 - frame_count, retime: part of this module's API
 from .hf_common import (
     LOAD_LOCK,
-    LoadedModel,
     device_of,
     dtype_of,
     free_memory,
     in_use_gib,
     load_pipeline,
-    missing,
     resolve_model,
     same_weights,
 )
@@ -46,22 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Extra guidance passes (spatio-temporal skip, modality isolation) are off unless a preset turns them on.
 PASSES_OFF = {"stg_scale": 0.0, "audio_stg_scale": 0.0, "modality_scale": 1.0, "audio_modality_scale": 1.0}
 OWN_KEYS = {"steps", "guidance_scale", "audio_guidance_scale", "long_side", "distilled_sigmas"}
-MULTIPLE = 32  # LTX-2 sizes are multiples of 32 (64 with the two-stage upscaler)
 N_FFT = 1024  # the LTX-2 audio VAE's log-mel front end: 1024-point Hann STFT, Slaney mel, log(max(x, 1e-5))
-
-
-def frame_count(seconds: float, fps: float, temporal: int = 8) -> int:
-    """Frames to generate for `seconds`: the smallest temporal*k + 1 that covers them."""
-    needed = max(1, math.ceil(round(seconds * fps, 6)))
-    return temporal * max(1, math.ceil((needed - 1) / temporal)) + 1
-
-
-def retime(frames: np.ndarray, source_fps: float, fps: float) -> np.ndarray:
-    """Frames at `source_fps` shown at `fps` (nearest earlier frame), when the two differ."""
-    if source_fps == fps:
-        return frames
-    count = math.floor(len(frames) * fps / source_fps)
-    return frames[[min(len(frames) - 1, math.floor(i * source_fps / fps)) for i in range(count)]]
 
 
 def log_mel(samples: np.ndarray, rate: int, mel_bins: int, hop: int) -> Any:
@@ -78,60 +58,22 @@ def log_mel(samples: np.ndarray, rate: int, mel_bins: int, hop: int) -> Any:
     return torch.log(torch.clamp(mel, min=1e-5)).transpose(1, 2).unsqueeze(0)
 
 
-def to_uint8(video: Any, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
-    """(frames, 3, h, w) float tensor in [0, 1] -> (frames, height, width, 3) uint8 array at `size`, scaled and
-    quantised where the tensor is (the GPU), so only bytes come back to the CPU."""
-    import torch
-    import torch.nn.functional as F
-
-    width, height = size
-    out = []
-    for start in range(0, video.shape[0], chunk):
-        part = video[start:start + chunk].float()
-        if part.shape[-2:] != (height, width):
-            part = F.interpolate(part, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-        out.append((part.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-    return torch.cat(out).numpy()
-
-
 @register("video", "ltx2")
-class LTX2Video(BackendBase, LoadedModel):
+class LTX2Video(ClipBackend):
     """Settings: model (diffusers LTX-2 checkpoint id or path), quality (distilled|full), presets {quality: steps,
     guidance_scale, audio_guidance_scale, long_side, ...pipeline arguments}, frame_rate (model fps; default the
     run's), device, dtype, fp8 (transformer and, unless fp8_connectors is false, the text connectors), text_encoder_4bit,
     offload, vae_tiling, vae_temporal_tile_frames, fp8_vae, encode_prompts_first, crf and preset (x264)."""
 
     name = "ltx2"
-    sfx_from_previous = True
-    # Two clips in flight: one on the GPU while the other's frames are scaled and encoded on the CPU.
-    workers = 2
+    default_model = "Lightricks/LTX-2"
+    presets = PRESETS
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
-        self._init_figures()
-        self.model_ref = str(settings.get("model", "Lightricks/LTX-2"))
-        self.preset_name = str(settings.get("quality", "distilled"))
-        if self.preset_name not in PRESETS:
-            raise PreflightError(f"video.quality: {self.preset_name!r}; choose {' or '.join(PRESETS)}")
-        self.pipe: Any = None
         self.a2v_pipe: Any = None
         self.embeds: dict[str, tuple[Any, Any]] = {}
         self.deferred = False
-        self.workers = int(settings.get("workers", 2))
-        self.gpu = threading.Lock()  # one pipeline call at a time
-
-    def preset(self) -> dict[str, Any]:
-        return {**PRESETS[self.preset_name], **dict(self.settings.get("presets", {}).get(self.preset_name, {}))}
-
-    def identity(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model_ref, "preset": self.preset(), "frame_rate": self.settings.get("frame_rate"),
-                "fp8": bool(self.settings.get("fp8", False)), "fp8_vae": bool(self.settings.get("fp8_vae", False)),
-                "vae_tiles": [bool(self.settings.get("vae_tiling", False)), int(self.settings.get("vae_temporal_tile_frames") or 0)],
-                "crf": int(self.settings.get("crf", 20)),
-                "x264_preset": str(self.settings.get("preset", "veryfast"))}
-
-    def missing_models(self) -> list[str]:
-        return missing({"video": self.model_ref})
 
     # -- load once per stage -------------------------------------------------------------------------
     def __enter__(self) -> LTX2Video:
@@ -162,9 +104,9 @@ class LTX2Video(BackendBase, LoadedModel):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pipe = self.a2v_pipe = None
+        self.a2v_pipe = None
         self.embeds.clear()
-        free_memory()
+        super().__exit__(*exc)
 
     # -- prompts -----------------------------------------------------------------------------------------
     def _guided(self, renderer: str) -> bool:
@@ -229,25 +171,8 @@ class LTX2Video(BackendBase, LoadedModel):
         with torch.inference_mode():
             return vae.encode(mel.to(self.a2v_pipe._execution_device, vae.dtype)).latent_dist.mode()
 
-    def animate(self, request: ClipRequest, out: Path) -> None:
-        from PIL import Image
-
-        preset = self.preset()
-        fps = float(self.settings.get("frame_rate") or request.fps)
-        frames = frame_count(request.duration, fps, self.pipe.vae_temporal_compression_ratio)
-        width, height = pipeline_size(request.width, request.height, preset.get("long_side"), MULTIPLE)
-        if request.renderer == "sfx" and request.previous_clip is not None and request.previous_clip.is_file():
-            image = last_frame(request.previous_clip).convert("RGB")
-        else:
-            with Image.open(request.image) as img:
-                image = img.convert("RGB")
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-        with self.gpu:
-            self._on_device()
-            audio, rate, video = self._generate(request, preset, image, frames, fps, width, height)
-            pictures = to_uint8(video, (request.width, request.height))
-        write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
-                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))
+    def _before_call(self) -> None:
+        self._on_device()
 
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
                   height: int) -> tuple[np.ndarray | None, int, Any]:

@@ -1,0 +1,164 @@
+"""What the diffusers video backends share, and LTX-Video: the lighter image-to-video alternative.
+
+A clip backend loads its pipeline once per stage and animates each beat from its image (an sfx
+beat from the previous clip's last frame). Two clips are in flight: one in the pipeline while the
+other's frames, already scaled and quantised on the GPU, are encoded to H.264/AAC on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PreflightError
+from ..media import last_frame, load_audio, write_clip
+from . import BackendBase, ClipRequest, register
+from .diffusers_image import pipeline_size
+from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model
+
+MULTIPLE = 32  # LTX sizes are multiples of 32 (64 with a two-stage upscaler)
+
+
+def frame_count(seconds: float, fps: float, temporal: int = 8) -> int:
+    """Frames to generate for `seconds`: the smallest temporal*k + 1 that covers them."""
+    needed = max(1, math.ceil(round(seconds * fps, 6)))
+    return temporal * max(1, math.ceil((needed - 1) / temporal)) + 1
+
+
+def retime(frames: np.ndarray, source_fps: float, fps: float) -> np.ndarray:
+    """Frames at `source_fps` shown at `fps` (nearest earlier frame), when the two differ."""
+    if source_fps == fps:
+        return frames
+    count = math.floor(len(frames) * fps / source_fps)
+    return frames[[min(len(frames) - 1, math.floor(i * source_fps / fps)) for i in range(count)]]
+
+
+def to_uint8(video: Any, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
+    """(frames, 3, h, w) float tensor in [0, 1] -> (frames, height, width, 3) uint8 array at `size`, scaled and
+    quantised where the tensor is (the GPU), so only bytes come back to the CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    width, height = size
+    out = []
+    for start in range(0, video.shape[0], chunk):
+        part = video[start:start + chunk].float()
+        if part.shape[-2:] != (height, width):
+            part = F.interpolate(part, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        out.append((part.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    return torch.cat(out).numpy()
+
+
+class ClipBackend(BackendBase, LoadedModel):
+    """A diffusers image-to-video backend: presets per quality, one pipeline call at a time, frames to an mp4."""
+
+    name = "clip"
+    default_model = ""
+    presets: dict[str, dict[str, Any]] = {}
+    sfx_from_previous = True
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self._init_figures()
+        self.model_ref = str(settings.get("model", self.default_model))
+        self.preset_name = str(settings.get("quality", next(iter(self.presets))))
+        if self.preset_name not in self.presets:
+            raise PreflightError(f"video.quality: {self.preset_name!r}; choose {' or '.join(self.presets)}")
+        self.pipe: Any = None
+        self.workers = int(settings.get("workers", 2))
+        self.gpu = threading.Lock()  # one pipeline call at a time
+
+    def preset(self) -> dict[str, Any]:
+        return {**self.presets[self.preset_name], **dict(self.settings.get("presets", {}).get(self.preset_name, {}))}
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_ref, "preset": self.preset(), "frame_rate": self.settings.get("frame_rate"),
+                "fp8": bool(self.settings.get("fp8", False)), "fp8_vae": bool(self.settings.get("fp8_vae", False)),
+                "vae_tiles": [bool(self.settings.get("vae_tiling", False)), int(self.settings.get("vae_temporal_tile_frames") or 0)],
+                "crf": int(self.settings.get("crf", 20)), "x264_preset": str(self.settings.get("preset", "veryfast"))}
+
+    def missing_models(self) -> list[str]:
+        return missing({"video": self.model_ref})
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipe = None
+        free_memory()
+
+    def _before_call(self) -> None:
+        """Hook run under the GPU lock before each pipeline call."""
+
+    def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
+                  height: int) -> tuple[np.ndarray | None, int, Any]:
+        raise NotImplementedError
+
+    def animate(self, request: ClipRequest, out: Path) -> None:
+        from PIL import Image
+
+        preset = self.preset()
+        fps = float(self.settings.get("frame_rate") or request.fps)
+        frames = frame_count(request.duration, fps, self.pipe.vae_temporal_compression_ratio)
+        width, height = pipeline_size(request.width, request.height, preset.get("long_side"), MULTIPLE)
+        if request.renderer == "sfx" and request.previous_clip is not None and request.previous_clip.is_file():
+            image = last_frame(request.previous_clip).convert("RGB")
+        else:
+            with Image.open(request.image) as img:
+                image = img.convert("RGB")
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        with self.gpu:
+            self._before_call()
+            audio, rate, video = self._generate(request, preset, image, frames, fps, width, height)
+            pictures = to_uint8(video, (request.width, request.height))
+        write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
+                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))
+
+
+@register("video", "ltx-video")
+class LTXVideo(ClipBackend):
+    """LTX-Video (0.9.x) image-to-video: lighter than LTX-2 and without sound. Every renderer is image-to-video;
+    an a2v beat carries its TTS take but the mouth does not follow it (no audio conditioning), an sfx beat
+    continues the previous clip silently. Settings as ltx2: model, quality (distilled|full), presets, frame_rate,
+    device, dtype, fp8, text_encoder_4bit, offload, vae_tiling, crf, preset."""
+
+    name = "ltx-video"
+    default_model = "Lightricks/LTX-Video-0.9.8-13B-distilled"
+    presets = {
+        "distilled": {"steps": 8, "guidance_scale": 1.0, "long_side": 768},
+        "full": {"steps": 40, "guidance_scale": 3.0, "long_side": 768},
+    }
+
+    def __enter__(self) -> LTXVideo:
+        def load() -> None:
+            import json
+
+            self.device = device_of(self.settings)
+            self.dtype = dtype_of(self.settings, self.device)
+            index = json.loads((resolve_model(self.model_ref, "video") / "model_index.json").read_text(encoding="utf-8"))
+            name = str(index.get("_class_name", ""))
+            if not name.startswith("LTX") or name.startswith("LTX2"):
+                raise PreflightError(f"video: {self.model_ref} is a {name} checkpoint, not LTX-Video (use video.backend ltx2 for LTX-2)")
+            pipe = load_pipeline(self.settings, self.model_ref, "video", self.dtype, self.device)
+            with LOAD_LOCK:
+                from diffusers import LTXImageToVideoPipeline
+
+                from .hf_common import same_weights
+
+                self.pipe = pipe if isinstance(pipe, LTXImageToVideoPipeline) else same_weights(LTXImageToVideoPipeline, pipe)
+
+        self.timed_load(load)
+        return self
+
+    def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
+                  height: int) -> tuple[np.ndarray | None, int, Any]:
+        import torch
+
+        extra = {k: v for k, v in preset.items() if k not in {"steps", "guidance_scale", "long_side"}}
+        result = self.pipe(image=image, prompt=request.prompt, negative_prompt="", num_frames=frames, height=height, width=width,
+                           frame_rate=int(round(fps)), num_inference_steps=int(preset["steps"]), guidance_scale=float(preset["guidance_scale"]),
+                           generator=torch.Generator("cpu").manual_seed(request.seed), output_type="pt",
+                           max_sequence_length=int(self.settings.get("max_sequence_length", 128)), **extra)
+        audio = load_audio(request.audio, 48000, 2) if request.renderer == "a2v" and request.audio is not None else None
+        return audio, 48000, result.frames[0]
