@@ -181,6 +181,16 @@ def ltx2(path: Path, size: str = "tiny", device: str = "cpu") -> Path:
     return path
 
 
+def ltx2_upsampler(path: Path, latent_channels: int = 4) -> Path:
+    """A tiny LTX-2 spatial latent upsampler (2x) with random weights, saved under `path`."""
+    import torch
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    torch.manual_seed(0)
+    LTX2LatentUpsamplerModel(in_channels=latent_channels, mid_channels=32, num_blocks_per_stage=1).save_pretrained(path)
+    return path
+
+
 def ltx_video(path: Path) -> Path:
     """A tiny LTX-Video image-to-video pipeline (transformer, VAE with 8x compression, T5 encoder) with random
     weights, saved under `path`: the wiring of the 0.9.x checkpoints, for tests."""

@@ -197,3 +197,40 @@ def test_ltx_video_animates_every_renderer_without_sound_of_its_own(tmp_path: Pa
     assert np.abs(speech[:, : 16000 * 9 // 10]).mean() > 0.05 and np.abs(speech[:, 16000 * 21 // 20:]).max() < 0.02  # the take, then silence
     expected = last_frame(tmp_path / "clip_2.mp4").convert("RGB").resize(images[2].size, Image.Resampling.LANCZOS)
     assert np.array_equal(np.asarray(images[2]), np.asarray(expected))
+
+
+def test_ltx2_two_stage_upsampler(ltx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an upsampler, a clip is made at half size, its latents upsampled 2x, then refined at full size."""
+    from diffusers import LTX2ImageToVideoPipeline, LTX2LatentUpsamplePipeline
+
+    from storyboard.backends import ClipRequest
+    from storyboard.backends.ltx2_video import LTX2Video
+
+    calls: list[tuple[str, dict]] = []
+    for cls in (LTX2ImageToVideoPipeline, LTX2LatentUpsamplePipeline):
+        real = cls.__call__
+
+        def spy(self, *args, __real=real, __name=cls.__name__, **kwargs):  # type: ignore[no-untyped-def]
+            out = __real(self, *args, **kwargs)
+            calls.append((__name, {**kwargs, "out": out.frames}))
+            return out
+
+        monkeypatch.setattr(cls, "__call__", spy)
+    upsampler = tiny_models.ltx2_upsampler(tmp_path / "upsampler")
+    Image.new("RGB", (108, 192), (90, 140, 200)).save(tmp_path / "beat.png")
+    settings = {"model": str(ltx), "device": "cpu", "max_sequence_length": 32, "upsampler": str(upsampler),
+                "presets": {"distilled": {"long_side": 128}}}
+    with LTX2Video(settings) as backend:
+        request = ClipRequest(number=1, renderer="i2v", image=tmp_path / "beat.png", audio=None, duration=1.5, width=108, height=192,
+                              fps=24, seed=5, prompt="a cat judge")
+        backend.prepare([request])
+        backend.animate(request, tmp_path / "clip.mp4")
+    assert [name for name, _ in calls] == ["LTX2ImageToVideoPipeline", "LTX2LatentUpsamplePipeline", "LTX2ImageToVideoPipeline"]
+    first, up, refine = (kwargs for _, kwargs in calls)
+    assert (refine["width"], refine["height"]) == (64, 128) and (first["width"], first["height"]) == (32, 64)
+    assert first["output_type"] == "latent" and up["latents"] is first["out"]
+    assert refine["latents"] is up["out"] and refine["latents"].shape[-2:] == (2 * first["out"].shape[-2], 2 * first["out"].shape[-1])
+    assert refine["num_inference_steps"] == 3 and refine["audio_latents"] is not None
+    info = probe(tmp_path / "clip.mp4")
+    assert (info.width, info.height) == (108, 192) and abs(info.video_duration - 1.5) < 1.01 / 24
+    assert "upsampler" in LTX2Video(settings).identity()

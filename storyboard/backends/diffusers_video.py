@@ -60,6 +60,7 @@ class ClipBackend(BackendBase, LoadedModel):
     default_model = ""
     presets: dict[str, dict[str, Any]] = {}
     sfx_from_previous = True
+    multiple = MULTIPLE
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
@@ -101,7 +102,7 @@ class ClipBackend(BackendBase, LoadedModel):
         preset = self.preset()
         fps = float(self.settings.get("frame_rate") or request.fps)
         frames = frame_count(request.duration, fps, self.pipe.vae_temporal_compression_ratio)
-        width, height = pipeline_size(request.width, request.height, preset.get("long_side"), MULTIPLE)
+        width, height = pipeline_size(request.width, request.height, preset.get("long_side"), self.multiple)
         if request.renderer == "sfx" and request.previous_clip is not None and request.previous_clip.is_file():
             image = last_frame(request.previous_clip).convert("RGB")
         else:

@@ -29,6 +29,7 @@ from .hf_common import (
     free_memory,
     in_use_gib,
     load_pipeline,
+    missing,
     resolve_model,
     same_weights,
 )
@@ -62,7 +63,8 @@ def log_mel(samples: np.ndarray, rate: int, mel_bins: int, hop: int) -> Any:
 class LTX2Video(ClipBackend):
     """Settings: model (diffusers LTX-2 checkpoint id or path), quality (distilled|full), presets {quality: steps,
     guidance_scale, audio_guidance_scale, long_side, ...pipeline arguments}, frame_rate (model fps; default the
-    run's), device, dtype, fp8 (transformer and, unless fp8_connectors is false, the text connectors), text_encoder_4bit,
+    run's), upsampler (a latent upsampler checkpoint: i2v and sfx clips are made at half size, upsampled 2x and
+    refined), device, dtype, fp8 (transformer and, unless fp8_connectors is false, the text connectors), text_encoder_4bit,
     offload, vae_tiling, vae_temporal_tile_frames, fp8_vae, encode_prompts_first, crf and preset (x264)."""
 
     name = "ltx2"
@@ -72,8 +74,12 @@ class LTX2Video(ClipBackend):
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.a2v_pipe: Any = None
+        self.upsample_pipe: Any = None
         self.embeds: dict[str, tuple[Any, Any]] = {}
         self.deferred = False
+        self.upsampler_ref = settings.get("upsampler")
+        if self.upsampler_ref:
+            self.multiple = 64  # two-stage: half size first, so the full size is a multiple of 64
 
     # -- load once per stage -------------------------------------------------------------------------
     def __enter__(self) -> LTX2Video:
@@ -99,12 +105,36 @@ class LTX2Video(ClipBackend):
             with LOAD_LOCK:  # the same weights under the two entry points, no copy
                 self.pipe = pipe if isinstance(pipe, LTX2ImageToVideoPipeline) else same_weights(LTX2ImageToVideoPipeline, pipe)
                 self.a2v_pipe = same_weights(LTX2DFRPipeline, self.pipe)
+            if self.upsampler_ref:
+                self.upsample_pipe = self._load_upsampler(str(self.upsampler_ref))
 
         self.timed_load(load)
         return self
 
+    def _load_upsampler(self, ref: str) -> Any:
+        """The spatial latent upsampler (a model directory, or a checkpoint with a `latent_upsampler/` folder), paired
+        with the loaded video VAE."""
+        with LOAD_LOCK:
+            from diffusers import LTX2LatentUpsamplePipeline
+            from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+            path = resolve_model(ref, "video upsampler")
+            if (path / "latent_upsampler").is_dir():
+                path = path / "latent_upsampler"
+            model = LTX2LatentUpsamplerModel.from_pretrained(path, torch_dtype=self.dtype)
+        model.to("cpu" if self.deferred else self.device)
+        pipe = LTX2LatentUpsamplePipeline(vae=self.pipe.vae, latent_upsampler=model)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def missing_models(self) -> list[str]:
+        return missing({"video": self.model_ref, "video upsampler": self.upsampler_ref})
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), **({"upsampler": str(self.upsampler_ref)} if self.upsampler_ref else {})}
+
     def __exit__(self, *exc: object) -> None:
-        self.a2v_pipe = None
+        self.a2v_pipe = self.upsample_pipe = None
         self.embeds.clear()
         super().__exit__(*exc)
 
@@ -157,6 +187,8 @@ class LTX2Video(ClipBackend):
                 p.register_modules(text_encoder=None)
             free_memory()
         self.pipe.to(self.device)
+        if self.upsample_pipe is not None:
+            self.upsample_pipe.latent_upsampler.to(self.device)
         self.deferred = False
         self.figures["to_gpu_s"] = round(time.monotonic() - started, 3)
         self.figures["after_prompts_gib"] = in_use_gib()
@@ -207,8 +239,24 @@ class LTX2Video(ClipBackend):
                 call["sigmas"] = sigmas
             # The pipeline guides both streams when either scale is above 1: audio follows the video's choice.
             call["audio_guidance_scale"] = float(preset.get("audio_guidance_scale") or preset["guidance_scale"]) if guided else 1.0
-            result = self.pipe(**call)
+            result = self._two_stage(call, image, width, height) if self.upsample_pipe is not None else self.pipe(**call)
             if request.renderer == "sfx":
                 audio = np.asarray(result.audio[0].float().cpu().numpy() if hasattr(result.audio[0], "cpu") else result.audio[0], dtype=np.float32)
                 rate = int(self.pipe.vocoder.config.output_sampling_rate)
         return audio, rate, result.frames[0]
+
+    def _two_stage(self, call: dict[str, Any], image: Any, width: int, height: int) -> Any:
+        """Half size, latents upsampled 2x, then a short refine at full size (stage 1's audio kept)."""
+        from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
+        from PIL import Image
+
+        half = {**call, "image": image.resize((width // 2, height // 2), Image.Resampling.LANCZOS), "width": width // 2,
+                "height": height // 2, "output_type": "latent"}
+        first = self.pipe(**half)
+        upsampled = self.upsample_pipe(latents=first.frames, latents_normalized=False, output_type="latent").frames
+        sigmas = list(STAGE_2_DISTILLED_SIGMA_VALUES)
+        refine = {**call, "latents": upsampled, "audio_latents": first.audio, "sigmas": sigmas, "num_inference_steps": len(sigmas),
+                  "noise_scale": sigmas[0], "guidance_scale": 1.0, "audio_guidance_scale": 1.0}
+        for key in ("negative_prompt_embeds", "negative_prompt_attention_mask"):
+            refine.pop(key, None)
+        return self.pipe(**refine)
