@@ -215,6 +215,30 @@ def ltx_video(path: Path) -> Path:
     return path
 
 
+def wan(path: Path) -> Path:
+    """A tiny Wan 2.2 TI2V-style image-to-video pipeline (one transformer, the 16x VAE, T5 encoder, no image encoder)
+    with random weights, saved under `path`."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tok = tokenizer()
+    tok.model_max_length = 128
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2, latents_mean=[0.0] * 48,
+                           latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4,
+                           temperal_downsample=[False, True, True])
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+                                        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4, decoder_start_token_id=0))
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanImageToVideoPipeline(transformer=transformer, vae=vae, text_encoder=t5, tokenizer=tok, scheduler=scheduler, transformer_2=None,
+                                   image_encoder=None, image_processor=None, boundary_ratio=None, expand_timesteps=True)
+    pipe.save_pretrained(path)
+    return path
+
+
 def report(results: dict[str, Any], json_path: Path | None) -> None:
     """Print a benchmark's results and keep them as JSON when asked."""
     import json

@@ -4,6 +4,7 @@ renderer, and that a2v really feeds the speech latents (held clean) to the trans
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def test_ltx_video_animates_every_renderer_without_sound_of_its_own(tmp_path: Pa
     images = []
     real = LTXImageToVideoPipeline.__call__
 
+    @functools.wraps(real)  # keeps the signature the backend reads
     def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         images.append(kwargs["image"])
         return real(self, *args, **kwargs)
@@ -234,3 +236,36 @@ def test_ltx2_two_stage_upsampler(ltx: Path, tmp_path: Path, monkeypatch: pytest
     info = probe(tmp_path / "clip.mp4")
     assert (info.width, info.height) == (108, 192) and abs(info.video_duration - 1.5) < 1.01 / 24
     assert "upsampler" in LTX2Video(settings).identity()
+
+
+def test_wan_image_to_video_backend(tmp_path: Path) -> None:
+    """Wan (2.2 TI2V layout): loaded through from_pretrained, 4k+1 frames, sizes in the model's multiple."""
+    from diffusers import WanImageToVideoPipeline
+
+    from storyboard.backends import ClipRequest
+    from storyboard.backends.diffusers_video import WanVideo
+
+    model = tiny_models.wan(tmp_path / "wan")
+    Image.new("RGB", (108, 192), (20, 160, 90)).save(tmp_path / "beat.png")
+    seen = []
+    real = WanImageToVideoPipeline.__call__
+
+    @functools.wraps(real)
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    WanImageToVideoPipeline.__call__ = spy
+    try:
+        with WanVideo({"model": str(model), "device": "cpu", "quality": "draft", "presets": {"draft": {"steps": 2, "long_side": 64}}}) as backend:
+            assert backend.multiple == 32 and backend.temporal() == 4
+            request = ClipRequest(number=1, renderer="i2v", image=tmp_path / "beat.png", audio=None, duration=0.9, width=108, height=192,
+                                  fps=24, seed=1, prompt="a cat judge")
+            backend.animate(request, tmp_path / "clip.mp4")
+    finally:
+        WanImageToVideoPipeline.__call__ = real
+    call = seen[0]
+    assert (call["num_frames"] - 1) % 4 == 0 and call["num_frames"] >= 0.9 * 24 and "frame_rate" not in call
+    assert call["width"] % 32 == 0 and call["height"] % 32 == 0 and call["num_inference_steps"] == 2
+    info = probe(tmp_path / "clip.mp4")
+    assert (info.width, info.height) == (108, 192) and abs(info.video_duration - 0.9) < 1.01 / 24

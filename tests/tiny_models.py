@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.random_models import CHAT_TEMPLATE, flux, ltx2, ltx2_upsampler, ltx_video, tokenizer  # noqa: F401 - shared with the GPU benchmarks
+from bench.random_models import CHAT_TEMPLATE, flux, ltx2, ltx2_upsampler, ltx_video, tokenizer, wan  # noqa: F401 - shared with the GPU benchmarks
 
 
 def llm(path: Path) -> Path:

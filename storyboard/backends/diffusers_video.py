@@ -18,7 +18,7 @@ from ..errors import PreflightError
 from ..media import last_frame, load_audio, write_clip
 from . import BackendBase, ClipRequest, register
 from .diffusers_image import pipeline_size
-from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model
+from .hf_common import LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model, same_weights
 
 MULTIPLE = 32  # LTX sizes are multiples of 32 (64 with a two-stage upscaler)
 
@@ -92,6 +92,10 @@ class ClipBackend(BackendBase, LoadedModel):
     def _before_call(self) -> None:
         """Hook run under the GPU lock before each pipeline call."""
 
+    def temporal(self) -> int:
+        """Frames per latent frame: clips are temporal*k + 1 frames long."""
+        return int(self.pipe.vae_temporal_compression_ratio)
+
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
                   height: int) -> tuple[np.ndarray | None, int, Any]:
         raise NotImplementedError
@@ -101,7 +105,7 @@ class ClipBackend(BackendBase, LoadedModel):
 
         preset = self.preset()
         fps = float(self.settings.get("frame_rate") or request.fps)
-        frames = frame_count(request.duration, fps, self.pipe.vae_temporal_compression_ratio)
+        frames = frame_count(request.duration, fps, self.temporal())
         width, height = pipeline_size(request.width, request.height, preset.get("long_side"), self.multiple)
         if request.renderer == "sfx" and request.previous_clip is not None and request.previous_clip.is_file():
             image = last_frame(request.previous_clip).convert("RGB")
@@ -117,49 +121,81 @@ class ClipBackend(BackendBase, LoadedModel):
                    crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))
 
 
-@register("video", "ltx-video")
-class LTXVideo(ClipBackend):
-    """LTX-Video (0.9.x) image-to-video: lighter than LTX-2 and without sound. Every renderer is image-to-video;
-    an a2v beat carries its TTS take but the mouth does not follow it (no audio conditioning), an sfx beat
-    continues the previous clip silently. Settings as ltx2: model, quality (distilled|full), presets, frame_rate,
-    device, dtype, fp8, text_encoder_4bit, offload, vae_tiling, crf, preset."""
+class SilentImageToVideo(ClipBackend):
+    """An image-to-video model without sound (LTX-Video, Wan): every renderer is image-to-video; an a2v beat carries its
+    TTS take but the mouth does not follow it (no audio conditioning), an sfx beat continues the previous clip
+    silently. Settings: model, quality, presets {quality: steps, guidance_scale, long_side, ...pipeline arguments},
+    frame_rate, device, dtype, fp8, fp8_vae, text_encoder_4bit, offload, vae_tiling, crf, preset (x264)."""
 
-    name = "ltx-video"
-    default_model = "Lightricks/LTX-Video-0.9.8-13B-distilled"
-    presets = {
-        "distilled": {"steps": 8, "guidance_scale": 1.0, "long_side": 768},
-        "full": {"steps": 40, "guidance_scale": 3.0, "long_side": 768},
-    }
+    pipeline_class = ""
+    family = ""  # the prefix of the checkpoint's pipeline class in model_index.json
 
-    def __enter__(self) -> LTXVideo:
+    def __enter__(self) -> SilentImageToVideo:
         def load() -> None:
             import json
+
+            import diffusers
 
             self.device = device_of(self.settings)
             self.dtype = dtype_of(self.settings, self.device)
             index = json.loads((resolve_model(self.model_ref, "video") / "model_index.json").read_text(encoding="utf-8"))
             name = str(index.get("_class_name", ""))
-            if not name.startswith("LTX") or name.startswith("LTX2"):
-                raise PreflightError(f"video: {self.model_ref} is a {name} checkpoint, not LTX-Video (use video.backend ltx2 for LTX-2)")
+            if not name.startswith(self.family) or name.startswith("LTX2"):
+                raise PreflightError(f"video: {self.model_ref} is a {name} checkpoint, not one for the {self.name} backend")
             pipe = load_pipeline(self.settings, self.model_ref, "video", self.dtype, self.device)
-            with LOAD_LOCK:
-                from diffusers import LTXImageToVideoPipeline
-
-                from .hf_common import same_weights
-
-                self.pipe = pipe if isinstance(pipe, LTXImageToVideoPipeline) else same_weights(LTXImageToVideoPipeline, pipe)
+            cls = getattr(diffusers, self.pipeline_class)
+            self.pipe = pipe if isinstance(pipe, cls) else same_weights(cls, pipe)
+            patch = getattr(self.pipe.transformer.config, "patch_size", 1)
+            spatial = getattr(self.pipe, "vae_spatial_compression_ratio", None) or self.pipe.vae_scale_factor_spatial
+            self.multiple = max(MULTIPLE if self.family == "LTX" else 16, spatial * (patch[-1] if isinstance(patch, (list, tuple)) else patch))
 
         self.timed_load(load)
         return self
 
+    def temporal(self) -> int:
+        return int(getattr(self.pipe, "vae_temporal_compression_ratio", None) or self.pipe.vae_scale_factor_temporal)
+
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
                   height: int) -> tuple[np.ndarray | None, int, Any]:
+        import inspect
+
         import torch
 
-        extra = {k: v for k, v in preset.items() if k not in {"steps", "guidance_scale", "long_side"}}
-        result = self.pipe(image=image, prompt=request.prompt, negative_prompt="", num_frames=frames, height=height, width=width,
-                           frame_rate=int(round(fps)), num_inference_steps=int(preset["steps"]), guidance_scale=float(preset["guidance_scale"]),
-                           generator=torch.Generator("cpu").manual_seed(request.seed), output_type="pt",
-                           max_sequence_length=int(self.settings.get("max_sequence_length", 128)), **extra)
+        call = {"image": image, "prompt": request.prompt, "negative_prompt": "", "num_frames": frames, "height": height, "width": width,
+                "frame_rate": int(round(fps)), "num_inference_steps": int(preset["steps"]), "guidance_scale": float(preset["guidance_scale"]),
+                "generator": torch.Generator("cpu").manual_seed(request.seed), "output_type": "pt",
+                "max_sequence_length": int(self.settings.get("max_sequence_length", 128)),
+                **{k: v for k, v in preset.items() if k not in {"steps", "guidance_scale", "long_side"}}}
+        accepted = set(inspect.signature(type(self.pipe).__call__).parameters)
+        result = self.pipe(**{k: v for k, v in call.items() if k in accepted})
         audio = load_audio(request.audio, 48000, 2) if request.renderer == "a2v" and request.audio is not None else None
         return audio, 48000, result.frames[0]
+
+
+@register("video", "ltx-video")
+class LTXVideo(SilentImageToVideo):
+    """LTX-Video (0.9.x): lighter than LTX-2, without sound; 8k+1 frames, sizes in multiples of 32."""
+
+    name = "ltx-video"
+    default_model = "Lightricks/LTX-Video-0.9.8-13B-distilled"
+    pipeline_class = "LTXImageToVideoPipeline"
+    family = "LTX"
+    presets = {
+        "distilled": {"steps": 8, "guidance_scale": 1.0, "long_side": 768},
+        "full": {"steps": 40, "guidance_scale": 3.0, "long_side": 768},
+    }
+
+
+@register("video", "wan")
+class WanVideo(SilentImageToVideo):
+    """Wan 2.x image-to-video (2.2 TI2V-5B by default): without sound; 4k+1 frames, sizes in multiples of the VAE
+    stride times the patch (32 for the 5B model, 16 for 14B)."""
+
+    name = "wan"
+    default_model = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    pipeline_class = "WanImageToVideoPipeline"
+    family = "Wan"
+    presets = {
+        "draft": {"steps": 20, "guidance_scale": 5.0, "long_side": 704},
+        "full": {"steps": 50, "guidance_scale": 5.0, "long_side": 1280},
+    }
