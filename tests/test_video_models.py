@@ -269,3 +269,51 @@ def test_wan_image_to_video_backend(tmp_path: Path) -> None:
     assert call["width"] % 32 == 0 and call["height"] % 32 == 0 and call["num_inference_steps"] == 2
     info = probe(tmp_path / "clip.mp4")
     assert (info.width, info.height) == (108, 192) and abs(info.video_duration - 0.9) < 1.01 / 24
+
+
+def test_video_backend_problems_are_named_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Missing checkpoints (model and upsampler) name the fetch command; a bad quality names the choices; a checkpoint
+    of the wrong family is refused with its class named."""
+    from storyboard.backends.diffusers_video import LTXVideo
+    from storyboard.backends.ltx2_video import LTX2Video
+    from storyboard.errors import PreflightError
+    from storyboard.preflight import check_backends
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import importlib
+
+    import huggingface_hub.constants
+
+    importlib.reload(huggingface_hub.constants)
+    config = resolve_config("gpu")
+    video = next(c for c in check_backends(config) if c.name == "video")
+    assert not video.ok and "hf download Lightricks/LTX-2" in video.detail
+    upsampler = LTX2Video({"model": "Lightricks/LTX-2", "upsampler": "Lightricks/LTX-2-upsampler"}).missing_models()
+    assert any("hf download Lightricks/LTX-2-upsampler" in m for m in upsampler)
+    bad = next(c for c in check_backends(resolve_config("offline", {"video": {"backend": "ltx2", "quality": "best"}})) if c.name == "video")
+    assert not bad.ok and "video.quality: 'best'; choose distilled or full" in bad.detail
+    wrong = tiny_models.wan(tmp_path / "wan")
+    with pytest.raises(PreflightError, match="WanImageToVideoPipeline checkpoint, not one for the ltx-video backend"):
+        LTXVideo({"model": str(wrong), "device": "cpu"}).__enter__()
+    with pytest.raises(PreflightError, match="not LTX-2"):
+        LTX2Video({"model": str(wrong), "device": "cpu"}).__enter__()
+
+
+def test_write_clip_holds_the_last_frame_and_cuts_extra_frames(tmp_path: Path) -> None:
+    """Exactly the asked duration whatever the model returned: too few frames hold the last one, extra are dropped;
+    audio longer than the clip is cut, shorter is padded with silence."""
+    from storyboard.media import write_clip
+
+    frames = np.zeros((5, 64, 32, 3), dtype=np.uint8)
+    frames[-1] = 255
+    long_audio = np.full((1, 16000 * 3), 0.2, dtype=np.float32)
+    write_clip(tmp_path / "short.mp4", frames, 24, (32, 64), long_audio, 16000, 1.0)
+    info = probe(tmp_path / "short.mp4")
+    assert abs(info.video_duration - 1.0) < 1e-3 and abs(info.audio_duration - 1.0) < 0.03 and info.frames == 24
+    assert np.asarray(last_frame(tmp_path / "short.mp4")).mean() > 200  # the last model frame held to the end
+    many = np.zeros((100, 64, 32, 3), dtype=np.uint8)
+    write_clip(tmp_path / "long.mp4", many, 24, (32, 64), np.full((2, 1600), 0.2, dtype=np.float32), 16000, 2.0)
+    info = probe(tmp_path / "long.mp4")
+    assert info.frames == 48 and abs(info.audio_duration - 2.0) < 0.03
+    sound = load_audio(tmp_path / "long.mp4", 16000)
+    assert np.abs(sound[:, 16000:]).max() < 1e-3  # padded with silence after the 0.1 s of audio
