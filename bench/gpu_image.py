@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.random_models import flux, report  # noqa: E402
+from bench.random_models import build_once, flux, report  # noqa: E402
 from storyboard.context import BackendPool  # noqa: E402
 from storyboard.pipeline import create_run, open_run  # noqa: E402
 from storyboard.profiles import resolve_config  # noqa: E402
@@ -137,14 +137,7 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
-    model = args.out / f"flux-{args.size}"
-    started = time.perf_counter()
-    if not (model / "model_index.json").is_file():
-        flux(model, size=args.size, device=device)
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    build_s = time.perf_counter() - started
+    model, build_s = build_once(args.out, f"flux-{args.size}", flux, size=args.size, device=device)
     root = create_run(IDEA, "drama10", resolve_config("offline"), args.out / "runs")
     known = {"bf16": {}, "fp8-nf4": {"fp8": True, "text_encoder_4bit": True}, "fp8": {"fp8": True}}
     results = {"gpu": gpu_name(), "size": args.size, "quality": args.quality, "build_and_save_s": round(build_s, 1), "variants": []}

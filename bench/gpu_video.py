@@ -37,9 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_image import gpu_name, sync  # noqa: E402
-from bench.random_models import ltx2, report  # noqa: E402
+from bench.random_models import build_once, ltx2, report  # noqa: E402
 from storyboard.backends import ClipRequest  # noqa: E402
-from storyboard.backends.hf_common import free_memory, peak_gib, reset_peak  # noqa: E402
+from storyboard.backends.hf_common import peak_gib, reset_peak  # noqa: E402
 from storyboard.backends.ltx2_video import LTX2Video  # noqa: E402
 
 # (name, run width, run height, long side, seconds, quality, renderer)
@@ -204,13 +204,7 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
-    model = args.out / f"ltx2-{args.size}"
-    started = time.perf_counter()
-    if not (model / "model_index.json").is_file():
-        ltx2(model, size=args.size, device=device)
-        free_memory()  # the random-weight copy must be gone before the backend loads the saved one
-    build_s = time.perf_counter() - started
+    model, build_s = build_once(args.out, f"ltx2-{args.size}", ltx2, size=args.size, device=device)
     cases = [c for c in CASES[args.size] if not args.cases or c[0] in args.cases.split(",")]
     known = {"bf16": {}, "fp8": {"fp8": True}, "fp8-nf4": {"fp8": True, "text_encoder_4bit": True}, "fp8-tiled": {"fp8": True, "vae_tiling": True},
              "fp8-tiled-vae8": {"fp8": True, "vae_tiling": True, "fp8_vae": True},

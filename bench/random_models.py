@@ -239,6 +239,22 @@ def wan(path: Path) -> Path:
     return path
 
 
+def build_once(out: Path, name: str, builder: Any, **kwargs: Any) -> tuple[Path, float]:
+    """`builder(out/name, **kwargs)` unless a saved pipeline is already there; (its path, seconds spent building).
+    The random-weight copy is freed before the caller loads the saved one."""
+    import time
+
+    from storyboard.backends.hf_common import free_memory
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = out / name
+    started = time.perf_counter()
+    if not (model / "model_index.json").is_file():
+        builder(model, **kwargs)
+        free_memory()
+    return model, time.perf_counter() - started
+
+
 def report(results: dict[str, Any], json_path: Path | None) -> None:
     """Print a benchmark's results and keep them as JSON when asked."""
     import json

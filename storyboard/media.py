@@ -81,17 +81,7 @@ def wav_duration(path: Path) -> float:
 
 def decode_audio(path: Path, rate: int = 16000) -> np.ndarray:
     """Decode the first audio stream to mono float32 at `rate`."""
-    import av
-
-    chunks = []
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        for frame in container.decode(audio=0):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return load_audio(path, rate, channels=1)[0]
 
 
 def speech_span(samples: np.ndarray, rate: int, threshold_db: float = -40.0) -> tuple[float, float] | None:
@@ -113,16 +103,18 @@ def load_audio(path: Path, rate: int, channels: int = 2) -> np.ndarray:
 
     layout = {1: "mono", 2: "stereo"}[channels]
     chunks = []
+    resampler = None
     with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        same = stream.codec_context.sample_rate == rate and stream.codec_context.channels == channels
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        context = container.streams.audio[0].codec_context
+        same = context.sample_rate == rate and context.channels == channels
         for frame in container.decode(audio=0):
             if same and frame.format.name == "fltp":
                 chunks.append(frame.to_ndarray())
                 continue
+            if resampler is None:
+                resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
             chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
-        if not same:
+        if resampler is not None:
             chunks.extend(out.to_ndarray() for out in resampler.resample(None))
     return np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((channels, 0), dtype=np.float32)
 

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import PreflightError, StageError
 from . import BackendBase, ImageRequest, register
-from .hf_common import LOAD_LOCK, LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model, same_weights
+from .hf_common import (
+    LOAD_LOCK,
+    LoadedModel,
+    device_of,
+    dtype_of,
+    free_memory,
+    load_pipeline,
+    missing,
+    model_index,
+    resolve_model,
+    same_weights,
+)
 
 # Per model family (the pipeline class in model_index.json): the model's own recommended settings.
 # draft = about 1024 on the long side and few steps; final = full size and the recommended steps.
@@ -40,9 +50,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 def family_of(model_dir: Path | None, model_ref: str) -> str:
     """Family key from the pipeline class in model_index.json (and the model name for schnell)."""
-    name = ""
-    if model_dir is not None and (model_dir / "model_index.json").is_file():
-        name = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
+    name = model_index(model_dir).get("_class_name", "")
     lowered = f"{name} {model_ref}".lower()
     if "kontext" in lowered:
         return "flux-kontext"

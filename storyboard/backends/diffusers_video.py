@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import PreflightError
 from ..media import last_frame, load_audio, write_clip
 from . import BackendBase, ClipRequest, register
-from .diffusers_image import pipeline_size
-from .hf_common import LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, resolve_model, same_weights
+from .diffusers_image import _accepts, pipeline_size
+from .hf_common import LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, model_index, resolve_model, same_weights
 
 MULTIPLE = 32  # LTX sizes are multiples of 32 (64 with a two-stage upscaler)
 
@@ -89,6 +89,10 @@ class ClipBackend(BackendBase, LoadedModel):
         self.pipe = None
         free_memory()
 
+    def checkpoint_class(self) -> str:
+        """The pipeline class the checkpoint names (its model_index.json)."""
+        return str(model_index(resolve_model(self.model_ref, "video")).get("_class_name", ""))
+
     def _before_call(self) -> None:
         """Hook run under the GPU lock before each pipeline call."""
 
@@ -132,14 +136,11 @@ class SilentImageToVideo(ClipBackend):
 
     def __enter__(self) -> SilentImageToVideo:
         def load() -> None:
-            import json
-
             import diffusers
 
             self.device = device_of(self.settings)
             self.dtype = dtype_of(self.settings, self.device)
-            index = json.loads((resolve_model(self.model_ref, "video") / "model_index.json").read_text(encoding="utf-8"))
-            name = str(index.get("_class_name", ""))
+            name = self.checkpoint_class()
             if not name.startswith(self.family) or name.startswith("LTX2"):
                 raise PreflightError(f"video: {self.model_ref} is a {name} checkpoint, not one for the {self.name} backend")
             pipe = load_pipeline(self.settings, self.model_ref, "video", self.dtype, self.device)
@@ -157,8 +158,6 @@ class SilentImageToVideo(ClipBackend):
 
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
                   height: int) -> tuple[np.ndarray | None, int, Any]:
-        import inspect
-
         import torch
 
         call = {"image": image, "prompt": request.prompt, "negative_prompt": "", "num_frames": frames, "height": height, "width": width,
@@ -166,7 +165,7 @@ class SilentImageToVideo(ClipBackend):
                 "generator": torch.Generator("cpu").manual_seed(request.seed), "output_type": "pt",
                 "max_sequence_length": int(self.settings.get("max_sequence_length", 128)),
                 **{k: v for k, v in preset.items() if k not in {"steps", "guidance_scale", "long_side"}}}
-        accepted = set(inspect.signature(type(self.pipe).__call__).parameters)
+        accepted = _accepts(self.pipe)
         result = self.pipe(**{k: v for k, v in call.items() if k in accepted})
         audio = load_audio(request.audio, 48000, 2) if request.renderer == "a2v" and request.audio is not None else None
         return audio, 48000, result.frames[0]

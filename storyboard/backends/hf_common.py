@@ -43,6 +43,12 @@ def resolve_model(ref: str, what: str) -> Path:
         raise PreflightError(f"{what}: model {ref} is not in the local cache ({HF_HUB_CACHE}); fetch it once with: hf download {ref}") from None
 
 
+def model_index(path: Path | None) -> dict[str, Any]:
+    """A diffusers checkpoint's model_index.json (components and `_class_name`), or {} where there is none."""
+    index = path / "model_index.json" if path is not None else None
+    return json.loads(index.read_text(encoding="utf-8")) if index is not None and index.is_file() else {}
+
+
 def missing(refs: dict[str, str | None]) -> list[str]:
     """The configured models (role → id or path) that are not present locally, as messages."""
     out = []
@@ -110,7 +116,7 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
         from diffusers import DiffusionPipeline, PipelineQuantizationConfig
 
     path = resolve_model(ref, what)
-    index = json.loads((path / "model_index.json").read_text(encoding="utf-8")) if (path / "model_index.json").is_file() else {}
+    index = model_index(path)
     kwargs: dict[str, Any] = {"dtype": dtype}
     encoders = [name for name in index if name.startswith("text_encoder")]
     if shared:

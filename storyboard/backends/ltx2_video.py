@@ -13,7 +13,6 @@ sits in GPU memory beside the transformer.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -89,9 +88,9 @@ class LTX2Video(ClipBackend):
 
             self.device = device_of(self.settings)
             self.dtype = dtype_of(self.settings, self.device)
-            index = json.loads((resolve_model(self.model_ref, "video") / "model_index.json").read_text(encoding="utf-8"))
-            if not str(index.get("_class_name", "")).startswith("LTX2"):
-                raise PreflightError(f"video: {self.model_ref} is a {index.get('_class_name')} checkpoint, not LTX-2")
+            name = self.checkpoint_class()
+            if not name.startswith("LTX2"):
+                raise PreflightError(f"video: {self.model_ref} is a {name} checkpoint, not LTX-2")
             offload = str(self.settings.get("offload", "none"))
             # Prompts first: everything but the text encoder waits on the CPU until every prompt is encoded.
             self.deferred = bool(self.settings.get("encode_prompts_first", True)) and offload == "none" and self.device != "cpu"
