@@ -121,7 +121,7 @@ class Capture:
 
 
 def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: list[tuple], repeats: int, device: str,
-            stage_clips: int) -> dict[str, Any]:
+            stage_clips: int, stage_workers_too: bool = False) -> dict[str, Any]:
     capture = Capture()
     settings = {"backend": "ltx2", "model": str(model), "device": device, **options,
                 "presets": {"distilled": {}, "full": {}}}
@@ -175,19 +175,91 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
         backend.preset_name = quality
         backend.settings["presets"][quality]["long_side"] = long_side
         batch = [ClipRequest(**{**request.__dict__, "number": i, "seed": 100 + i}) for i in range(stage_clips)]
+        backend.timeline.clear()
         sync()
         started = time.perf_counter()
         with ThreadPoolExecutor(backend.workers) as pool:
             list(pool.map(lambda r: backend.animate(r, out / f"stage_{r.number}.mp4"), batch))
         sync()
         stage = time.perf_counter() - started
+        gaps = backend.gpu_gaps()
         bare_total = sum(capture.bare(r.seed) for r in batch)
+        with ThreadPoolExecutor(1) as one:  # the same bare calls from a worker thread, as the stage makes them
+            bare_thread = sum(one.submit(capture.bare, r.seed).result() for r in batch)
+        serial = {}
+        if stage_workers_too:  # the stage again with one worker: no encode beside the pipeline
+            backend.timeline.clear()
+            sync()
+            started = time.perf_counter()
+            for r in batch:
+                backend.animate(r, out / f"serial_{r.number}.mp4")
+            serial = {"one_worker_s": round(time.perf_counter() - started, 3), **{f"one_worker_{k}": v for k, v in backend.gpu_gaps().items()}}
         results["stage"] = {"case": case, "clips": stage_clips, "workers": backend.workers, "stage_s": round(stage, 3), "bare_s": round(bare_total, 3),
-                            "overhead": round(stage / bare_total - 1, 4)}
+                            "overhead": round(stage / bare_total - 1, 4), **gaps, "bare_thread_s": round(bare_thread, 3), **serial}
         print(json.dumps(results["stage"]), flush=True)
         results["stage_figures"] = backend.stage_figures()
         capture.close()
     return results
+
+
+def text_encoder(root: Path, device: str, size: str) -> dict[str, Any]:
+    """Gemma-3-12B's text model (the LTX-2 text encoder) with random weights, loaded through the product's transformers
+    loader in bf16 and in nf4 (`text_encoder_4bit`): load seconds, GPU memory held, seconds and peak for a short's
+    12 prompts at LTX-2's 1024-token prompt length with every hidden state returned (what the connectors read).
+    The random tokenizer's vocabulary is small: the real 262k-token embedding (2 GiB in bf16; bitsandbytes leaves
+    embeddings unquantised) is not in these figures."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from bench.random_models import tokenizer
+    from storyboard.backends.hf_common import free_memory, load_pretrained
+
+    path = root / f"gemma3-12b-{size}"
+    if not (path / "config.json").is_file():
+        tok = tokenizer()
+        text = ({"hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 8,
+                 "head_dim": 256} if size == "full" else {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                                           "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16})
+        config = Gemma3Config(text_config={"vocab_size": len(tok), "max_position_embeddings": 2048, "sliding_window": 1024,
+                                           "pad_token_id": tok.pad_token_id, **text},
+                              vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                             "image_size": 28, "patch_size": 14},
+                              mm_tokens_per_image=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
+        with torch.device(device):
+            model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16 if device != "cpu" else torch.float32)
+        model.save_pretrained(path, max_shard_size="20GB")
+        tok.save_pretrained(path)
+        del model
+        free_memory()
+    rows = []
+    for nf4 in (False, True):
+        if nf4 and device == "cpu":
+            continue
+        reset_peak()
+        sync()
+        started = time.perf_counter()
+        tok, model = load_pretrained({"device": device}, str(path), "text encoder", "Gemma3ForConditionalGeneration", "AutoTokenizer", nf4)
+        sync()
+        load_s = time.perf_counter() - started
+        held = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
+        prompts = [f"beat {i}: a cat judge bangs a gavel in a crowded courtroom" for i in range(12)]
+        times = []
+        for _ in range(2):  # the first pass warms kernels up
+            sync()
+            started = time.perf_counter()
+            with torch.inference_mode():
+                for prompt in prompts:
+                    ids = tok(prompt, padding="max_length", max_length=1024, truncation=True, return_tensors="pt").to(device)
+                    states = model.model.language_model(**ids, output_hidden_states=True).hidden_states
+                    torch.stack(states, dim=-1).cpu()
+            sync()
+            times.append(time.perf_counter() - started)
+        rows.append({"text_encoder": "nf4" if nf4 else "bf16", "load_s": round(load_s, 2), "held_gib": round(held, 2),
+                     "prompts_s": round(times[-1], 3), "hidden_layers": len(states), "peak_gib": peak_gib()})
+        print(json.dumps(rows[-1]), flush=True)
+        del model, states
+        free_memory()
+    return {"text_encoder": rows}
 
 
 def main() -> None:
@@ -199,21 +271,30 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all for the size)")
     parser.add_argument("--stage-clips", type=int, default=11, help="clips in the throughput run (hook + 10 beats)")
     parser.add_argument("--stage-variants", default="", help="variants that get the throughput run (default: all)")
+    parser.add_argument("--one-worker-too", action="store_true", help="also time the stage's clips one at a time")
+    parser.add_argument("--text-encoder", action="store_true", help="only the Gemma-3-12B text encoder, bf16 against nf4")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.text_encoder:
+        report({"gpu": gpu_name(), **text_encoder(args.out, device, args.size)}, args.json)
+        return
     model, build_s = build_once(args.out, f"ltx2-{args.size}", ltx2, size=args.size, device=device)
     cases = [c for c in CASES[args.size] if not args.cases or c[0] in args.cases.split(",")]
     known = {"bf16": {}, "fp8": {"fp8": True}, "fp8-nf4": {"fp8": True, "text_encoder_4bit": True}, "fp8-tiled": {"fp8": True, "vae_tiling": True},
              "fp8-tiled-vae8": {"fp8": True, "vae_tiling": True, "fp8_vae": True},
              "fp8-tiled-t48": {"fp8": True, "vae_tiling": True, "vae_temporal_tile_frames": 48},
-             "fp8-tiled-vae8-t48": {"fp8": True, "vae_tiling": True, "fp8_vae": True, "vae_temporal_tile_frames": 48}}
+             "fp8-tiled-vae8-t48": {"fp8": True, "vae_tiling": True, "fp8_vae": True, "vae_temporal_tile_frames": 48},
+             "gpu-profile": {"fp8": True, "vae_tiling": True, "fp8_vae": True, "vae_temporal_tile_frames": 48, "text_encoder_4bit": True}}
+    for threads in (1, 2, 4, 8):  # x264 threads of the clip encoder beside the pipeline
+        known[f"gpu-profile-x{threads}"] = {**known["gpu-profile"], "encode_threads": threads}
     results = {"gpu": gpu_name(), "size": args.size, "build_and_save_s": round(build_s, 1), "variants": []}
     for name in args.variants.split(","):
         results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device,
-                                              args.stage_clips if not args.stage_variants or name in args.stage_variants.split(",") else 0))
+                                              args.stage_clips if not args.stage_variants or name in args.stage_variants.split(",") else 0,
+                                              args.one_worker_too))
     report(results, args.json)
 
 

@@ -1,12 +1,17 @@
-"""Reading media facts (durations, streams, audio samples) with PyAV."""
+"""Reading media facts (durations, streams, audio samples) and writing generated clips, with PyAV."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import threading
 import wave
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,6 +137,7 @@ def last_frame(path: Path):  # type: ignore[no-untyped-def]
 
     frame = None
     with av.open(str(path)) as container:
+        container.streams.video[0].thread_type = "AUTO"  # frame threads: the whole clip is decoded to reach its end
         for frame in container.decode(video=0):  # noqa: B007 - keep the last one
             pass
     if frame is None:
@@ -139,19 +145,88 @@ def last_frame(path: Path):  # type: ignore[no-untyped-def]
     return frame.to_image()
 
 
-def write_clip(out: Path, frames: np.ndarray, fps: int, size: tuple[int, int], audio: np.ndarray | None, audio_rate: int,
-               duration: float, *, crf: int = 20, preset: str = "veryfast", out_rate: int = 48000) -> None:
+class Encoder:
+    """Encodes clips (x264) in one child process beside a GPU job. In a thread of the GPU process, the encoder's
+    per-frame calls held the interpreter lock and the loop feeding the GPU waited on them; the frames also do not go
+    through a pipe (writing 100+ MB to it takes the lock thousands of times): the caller writes them into shared
+    memory and the child reads them there. The child runs at a lower CPU priority (nice 10), starts on first use
+    (spawn: never a fork of a process holding CUDA) and lives until `close()`."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit_frames(self, shape: tuple[int, ...], fill: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fill(frames)` writes uint8 frames of `shape` into shared memory now, in this thread; then
+        `fn(frames, *args, **kwargs)` starts in the child. Returns a function that waits for its result."""
+        from multiprocessing import shared_memory
+
+        shm = shared_memory.SharedMemory(create=True, size=max(1, math.prod(shape)))
+
+        def release() -> None:
+            shm.close()
+            shm.unlink()
+
+        try:
+            frames = np.ndarray(shape, np.uint8, buffer=shm.buf)
+            fill(frames)
+            del frames  # the block cannot close while a view of it lives
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
+                future = self._pool.submit(_on_shared_frames, shm.name, shape, fn, *args, **kwargs)
+        except BaseException:
+            release()
+            raise
+
+        def wait() -> Any:
+            try:
+                return future.result()
+            finally:
+                release()
+
+        return wait
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+
+def _lower_priority() -> None:
+    if hasattr(os, "nice"):
+        os.nice(10)
+
+
+def _on_shared_frames(name: str, shape: tuple[int, ...], fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """In the encoder's child: `fn` on the frames a parent left in shared memory block `name`."""
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        frames = np.ndarray(shape, np.uint8, buffer=shm.buf)
+        result = fn(frames, *args, **kwargs)
+        del frames
+        return result
+    finally:
+        shm.close()
+
+
+def write_clip(frames: np.ndarray, out: Path, fps: int, size: tuple[int, int], audio: np.ndarray | None, audio_rate: int,
+               duration: float, *, crf: int = 20, preset: str = "veryfast", threads: int = 0, out_rate: int = 48000) -> None:
     """H.264 + AAC clip from uint8 frames (n, h, w, 3) scaled to `size`, exactly `duration` long.
 
     Frames past the duration are dropped, the last one is held if there are too few; the audio
     (channels, samples) is resampled to `out_rate`, padded with silence or cut to the duration;
-    None gives a silent stereo track (the render stage expects audio in every clip)."""
+    None gives a silent stereo track (the render stage expects audio in every clip). `threads`: x264's threads
+    (0: its default, 1.5 per core)."""
     import av
 
     count = max(1, math.ceil(round(duration * fps, 6)))
     width, height = size
     with av.open(str(out), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset})
+        video = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset, **({"threads": str(threads)} if threads else {})})
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = container.add_stream("aac", rate=out_rate, layout="stereo")
         sound.bit_rate = 160_000

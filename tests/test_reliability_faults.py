@@ -118,8 +118,10 @@ def _children_of(pid: int) -> list[int]:
 
 
 def test_case_16_ctrl_c_stops_children_releases_the_lock_keeps_finished_beats(run_copy: Path) -> None:
+    # Ctrl-C as in a terminal: a suite started in the background (`.ci/run &`) hands its children SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-m", "storyboard.cli", "run", "--dir", str(run_copy), "--regen-beats", "all"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr is not None
     for line in proc.stderr:
         if " INFO video 1/11 clip" in line:  # clips are being encoded by ffmpeg children now

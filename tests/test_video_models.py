@@ -82,6 +82,8 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
     manifest = json.loads((root / "run.json").read_text())
     stage = manifest["stages"]["video"]
     assert stage["load_s"] >= 0 and stage["prompts_s"] >= 0 and "peak_vram_gib" in stage
+    # Each clip's turn on the model is timed: 11 turns, and the idle time between them is what the stage lost.
+    assert stage["clips"] == 11 and stage["gpu_s"] > 0 and 0 <= stage["gaps_s"] < stage["gpu_s"]
 
     renderers = ["a2v"] + [b["renderer"] for b in plan["beats"]]
     assert {"a2v", "i2v", "sfx"} <= set(renderers)
@@ -307,13 +309,40 @@ def test_write_clip_holds_the_last_frame_and_cuts_extra_frames(tmp_path: Path) -
     frames = np.zeros((5, 64, 32, 3), dtype=np.uint8)
     frames[-1] = 255
     long_audio = np.full((1, 16000 * 3), 0.2, dtype=np.float32)
-    write_clip(tmp_path / "short.mp4", frames, 24, (32, 64), long_audio, 16000, 1.0)
+    write_clip(frames, tmp_path / "short.mp4", 24, (32, 64), long_audio, 16000, 1.0)
     info = probe(tmp_path / "short.mp4")
     assert abs(info.video_duration - 1.0) < 1e-3 and abs(info.audio_duration - 1.0) < 0.03 and info.frames == 24
     assert np.asarray(last_frame(tmp_path / "short.mp4")).mean() > 200  # the last model frame held to the end
     many = np.zeros((100, 64, 32, 3), dtype=np.uint8)
-    write_clip(tmp_path / "long.mp4", many, 24, (32, 64), np.full((2, 1600), 0.2, dtype=np.float32), 16000, 2.0)
+    write_clip(many, tmp_path / "long.mp4", 24, (32, 64), np.full((2, 1600), 0.2, dtype=np.float32), 16000, 2.0)
     info = probe(tmp_path / "long.mp4")
     assert info.frames == 48 and abs(info.audio_duration - 2.0) < 0.03
     sound = load_audio(tmp_path / "long.mp4", 16000)
     assert np.abs(sound[:, 16000:]).max() < 1e-3  # padded with silence after the 0.1 s of audio
+
+
+def test_encoder_child_reads_the_frames_from_shared_memory_and_releases_it(tmp_path: Path) -> None:
+    """The frames written by the caller are the clip's (encoded in the child); the shared block is gone afterwards,
+    also when filling it fails; an error in the child reaches the caller."""
+    from storyboard.media import Encoder, write_clip
+
+    before = set(Path("/dev/shm").iterdir()) if Path("/dev/shm").is_dir() else set()
+    encoder = Encoder()
+    try:
+        def fill(into: np.ndarray) -> None:
+            into[:] = 40
+            into[12:] = 230
+
+        encoder.submit_frames((24, 64, 32, 3), fill, write_clip, tmp_path / "a.mp4", 24, (32, 64), None, 48000, 1.0)()
+        assert probe(tmp_path / "a.mp4").frames == 24
+        assert np.asarray(last_frame(tmp_path / "a.mp4")).mean() > 200
+        with pytest.raises(RuntimeError, match="no GPU"):
+            encoder.submit_frames((2, 8, 8, 3), lambda into: (_ for _ in ()).throw(RuntimeError("no GPU")), write_clip, tmp_path / "b.mp4",
+                                  24, (8, 8), None, 48000, 1.0)
+        with pytest.raises(Exception, match="libx264|width|height|Invalid|dimension"):  # odd sizes cannot be yuv420p
+            encoder.submit_frames((2, 7, 7, 3), lambda into: None, write_clip, tmp_path / "c.mp4", 24, (7, 7), None, 48000, 1.0)()
+    finally:
+        encoder.close()
+    assert not (tmp_path / "b.mp4").exists()
+    if Path("/dev/shm").is_dir():
+        assert set(Path("/dev/shm").iterdir()) <= before

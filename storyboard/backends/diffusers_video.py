@@ -2,20 +2,21 @@
 
 A clip backend loads its pipeline once per stage and animates each beat from its image (an sfx
 beat from the previous clip's last frame). Two clips are in flight: one in the pipeline while the
-other's frames, already scaled and quantised on the GPU, are encoded to H.264/AAC on the CPU.
+other's frames, already scaled and quantised on the GPU, are encoded to H.264/AAC in a child process.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import PreflightError
-from ..media import last_frame, load_audio, write_clip
+from ..media import Encoder, last_frame, load_audio, write_clip
 from . import BackendBase, ClipRequest, register
 from .diffusers_image import _accepts, pipeline_size
 from .hf_common import LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, model_index, resolve_model, same_weights
@@ -37,20 +38,21 @@ def retime(frames: np.ndarray, source_fps: float, fps: float) -> np.ndarray:
     return frames[[min(len(frames) - 1, math.floor(i * source_fps / fps)) for i in range(count)]]
 
 
-def to_uint8(video: Any, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
-    """(frames, 3, h, w) float tensor in [0, 1] -> (frames, height, width, 3) uint8 array at `size`, scaled and
-    quantised where the tensor is (the GPU), so only bytes come back to the CPU."""
+def to_uint8(video: Any, size: tuple[int, int], into: np.ndarray | None = None, chunk: int = 16) -> np.ndarray:
+    """(frames, 3, h, w) float tensor in [0, 1] -> (frames, height, width, 3) uint8 array at `size` (written into
+    `into` when given), scaled and quantised where the tensor is (the GPU), so only bytes come back to the CPU."""
     import torch
     import torch.nn.functional as F
 
     width, height = size
-    out = []
+    if into is None:
+        into = np.empty((video.shape[0], height, width, 3), np.uint8)
     for start in range(0, video.shape[0], chunk):
         part = video[start:start + chunk].float()
         if part.shape[-2:] != (height, width):
             part = F.interpolate(part, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-        out.append((part.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-    return torch.cat(out).numpy()
+        torch.from_numpy(into[start:start + chunk]).copy_((part.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
+    return into
 
 
 class ClipBackend(BackendBase, LoadedModel):
@@ -72,6 +74,20 @@ class ClipBackend(BackendBase, LoadedModel):
         self.pipe: Any = None
         self.workers = int(settings.get("workers", 2))
         self.gpu = threading.Lock()  # one pipeline call at a time
+        self.encoder = Encoder()  # clips are encoded in a child process beside the next pipeline call
+        self.timeline: list[tuple[float, float, float]] = []  # each clip's turn on the GPU: start, generated, end
+
+    def gpu_gaps(self) -> dict[str, float]:
+        """Over the clips so far: seconds of GPU turns, of which converting frames to bytes, and seconds between turns
+        (the GPU idle while clips were pending)."""
+        turns = sorted(self.timeline)
+        busy = sum(end - start for start, _, end in turns)
+        convert = sum(end - generated for _, generated, end in turns)
+        idle = sum(max(0.0, turns[i][0] - turns[i - 1][2]) for i in range(1, len(turns)))
+        return {"gpu_s": round(busy, 3), "convert_s": round(convert, 3), "gaps_s": round(idle, 3), "clips": len(turns)}
+
+    def stage_figures(self) -> dict[str, Any]:
+        return {**super().stage_figures(), **self.gpu_gaps()}
 
     def preset(self) -> dict[str, Any]:
         return {**self.presets[self.preset_name], **dict(self.settings.get("presets", {}).get(self.preset_name, {}))}
@@ -80,12 +96,20 @@ class ClipBackend(BackendBase, LoadedModel):
         return {"backend": self.name, "model": self.model_ref, "preset": self.preset(), "frame_rate": self.settings.get("frame_rate"),
                 "fp8": bool(self.settings.get("fp8", False)), "fp8_vae": bool(self.settings.get("fp8_vae", False)),
                 "vae_tiles": [bool(self.settings.get("vae_tiling", False)), int(self.settings.get("vae_temporal_tile_frames") or 0)],
-                "crf": int(self.settings.get("crf", 20)), "x264_preset": str(self.settings.get("preset", "veryfast"))}
+                "x264": {k: v for k, v in self.x264().items() if k != "threads"}}  # threads change speed, not the picture
+
+    def x264(self) -> dict[str, Any]:
+        """The clip's encoder settings. A clip is an intermediate (the render stage encodes the short once more), so the
+        default is near-lossless and fast: CRF 16 at `ultrafast` costs a third of `veryfast`'s time per clip and keeps
+        the last clip's encode, the one the next clip cannot hide, short (BENCHMARKS.md)."""
+        return {"crf": int(self.settings.get("crf", 16)), "preset": str(self.settings.get("preset", "ultrafast")),
+                "threads": int(self.settings.get("encode_threads", 0))}
 
     def missing_models(self) -> list[str]:
         return missing({"video": self.model_ref})
 
     def __exit__(self, *exc: object) -> None:
+        self.encoder.close()
         self.pipe = None
         free_memory()
 
@@ -118,18 +142,24 @@ class ClipBackend(BackendBase, LoadedModel):
                 image = img.convert("RGB")
         image = image.resize((width, height), Image.Resampling.LANCZOS)
         with self.gpu:
+            held = time.perf_counter()
             self._before_call()
             audio, rate, video = self._generate(request, preset, image, frames, fps, width, height)
-            pictures = to_uint8(video, (request.width, request.height))
-        write_clip(out, retime(pictures, fps, request.fps), request.fps, (request.width, request.height), audio, rate, request.duration,
-                   crf=int(self.settings.get("crf", 20)), preset=str(self.settings.get("preset", "veryfast")))
+            video = retime(video, fps, request.fps)
+            generated = time.perf_counter()
+            shape = (len(video), request.height, request.width, 3)
+            # The frames go from the GPU straight into memory the encoder's child reads; it encodes while the next clip runs.
+            job = self.encoder.submit_frames(shape, lambda into: to_uint8(video, (request.width, request.height), into), write_clip, out,
+                                             request.fps, (request.width, request.height), audio, rate, request.duration, **self.x264())
+            self.timeline.append((held, generated, time.perf_counter()))
+        job()
 
 
 class SilentImageToVideo(ClipBackend):
     """An image-to-video model without sound (LTX-Video, Wan): every renderer is image-to-video; an a2v beat carries its
     TTS take but the mouth does not follow it (no audio conditioning), an sfx beat continues the previous clip
     silently. Settings: model, quality, presets {quality: steps, guidance_scale, long_side, ...pipeline arguments},
-    frame_rate, device, dtype, fp8, fp8_vae, text_encoder_4bit, offload, vae_tiling, crf, preset (x264)."""
+    frame_rate, device, dtype, fp8, fp8_vae, text_encoder_4bit, offload, vae_tiling, crf, preset (x264, default 16 and ultrafast)."""
 
     pipeline_class = ""
     family = ""  # the prefix of the checkpoint's pipeline class in model_index.json
