@@ -74,7 +74,7 @@ def _random(cls: Any, config: Any, device: str, dtype: Any) -> Any:
         return cls(config) if not isinstance(config, dict) else cls(**config)
     with torch.device("meta"):
         model = cls(config) if not isinstance(config, dict) else cls(**config)
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # the dtype first: a 14B model in float32 would not fit
     generator = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
@@ -236,6 +236,96 @@ def wan(path: Path) -> Path:
     pipe = WanImageToVideoPipeline(transformer=transformer, vae=vae, text_encoder=t5, tokenizer=tok, scheduler=scheduler, transformer_2=None,
                                    image_encoder=None, image_processor=None, boundary_ratio=None, expand_timesteps=True)
     pipe.save_pretrained(path)
+    return path
+
+
+# Qwen2.5-14B-Instruct (the gpu profile's planner) and a LLaVA of Qwen2-7B + CLIP-L/336 (a 7B judge); "tiny" keeps
+# the wiring. The random tokenizer's vocabulary is small: the real ~152k-token embedding and output head are not in.
+LLM = {"full": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8},
+       "tiny": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}}
+VLM = {"full": {"text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                         "num_key_value_heads": 4},
+                "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+                           "image_size": 336, "patch_size": 14, "projection_dim": 768}},
+       "tiny": {"text": LLM["tiny"], "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                "image_size": 56, "patch_size": 14, "projection_dim": 32}}}
+# openai-whisper "small" (the gpu profile's QA model) and a 1-layer one.
+WHISPER = {"full": {"n_audio_state": 768, "n_audio_head": 12, "n_audio_layer": 12, "n_text_state": 768, "n_text_head": 12, "n_text_layer": 12},
+           "tiny": {"n_audio_state": 64, "n_audio_head": 2, "n_audio_layer": 1, "n_text_state": 64, "n_text_head": 2, "n_text_layer": 1}}
+
+
+def llm(path: Path, size: str = "tiny", device: str = "cpu") -> Path:
+    """A Qwen2 causal LM (Qwen2.5-14B's shape when `size` is full) with its tokenizer, saved under `path`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=32768, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         **LLM[size])
+    _random(Qwen2ForCausalLM, config, device, torch.bfloat16 if device != "cpu" else torch.float32).save_pretrained(path, max_shard_size="20GB")
+    tok.save_pretrained(path)
+    return path
+
+
+
+def vlm(path: Path, size: str = "tiny", device: str = "cpu") -> Path:
+    """A LLaVA (CLIP vision tower + Qwen2 LM) with processor and chat template, saved under `path`."""
+    import torch
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        text_config={"model_type": "qwen2", "vocab_size": len(tok), "max_position_embeddings": 4096,
+                     "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **VLM[size]["text"]},
+        vision_config={"model_type": "clip_vision_model", **VLM[size]["vision"]},
+        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    _random(LlavaForConditionalGeneration, config, device, torch.bfloat16 if device != "cpu" else torch.float32).save_pretrained(
+        path, max_shard_size="20GB")
+    side = VLM[size]["vision"]["image_size"]
+    images = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                   image_token="<image>", chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1).save_pretrained(path)
+    return path
+
+
+
+
+def whisper_checkpoint(path: Path, size: str = "tiny") -> Path:
+    """A multilingual Whisper (openai-whisper "small" when `size` is full) with random weights, saved as
+    openai-whisper's checkpoint format."""
+    import torch
+    import whisper
+    from whisper.model import ModelDimensions
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_vocab=51865, n_text_ctx=448, **WHISPER[size])
+    model = whisper.model.Whisper(dims)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
+    return path
+
+
+def vits(path: Path, size: str = "tiny") -> Path:
+    """A VITS (MMS-TTS: transformers' default config when `size` is full, else a small one) with a character
+    tokenizer, saved under `path`."""
+    import json
+
+    import torch
+    from transformers import VitsConfig, VitsModel, VitsTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    chars = ["<pad>", *" abcdefghijklmnopqrstuvwxyz'.,!?-"]
+    (path / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
+    VitsTokenizer(str(path / "vocab.json"), add_blank=True, normalize=True, phonemize=False, pad_token="<pad>", unk_token="<pad>").save_pretrained(path)
+    torch.manual_seed(0)
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "ffn_dim": 64, "flow_size": 32, "upsample_initial_channel": 32,
+             "spectrogram_bins": 65, "prior_encoder_num_flows": 2, "prior_encoder_num_wavenet_layers": 2,
+             "posterior_encoder_num_wavenet_layers": 2, "duration_predictor_filter_channels": 32}
+    config = VitsConfig(vocab_size=len(chars), sampling_rate=16000, **({} if size == "full" else small))
+    VitsModel(config).save_pretrained(path)
     return path
 
 

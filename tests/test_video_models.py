@@ -82,8 +82,9 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
     manifest = json.loads((root / "run.json").read_text())
     stage = manifest["stages"]["video"]
     assert stage["load_s"] >= 0 and stage["prompts_s"] >= 0 and "peak_vram_gib" in stage
-    # Each clip's turn on the model is timed: 11 turns, and the idle time between them is what the stage lost.
-    assert stage["clips"] == 11 and stage["gpu_s"] > 0 and 0 <= stage["gaps_s"] < stage["gpu_s"]
+    # Each clip's turn on the model is timed: 11 turns, the frames' conversion within them, and the idle time between
+    # turns (on this CPU the encodes are slower than the tiny model, so the gaps can be long).
+    assert stage["clips"] == 11 and stage["gpu_s"] > 0 and 0 <= stage["convert_s"] <= stage["gpu_s"] and stage["gaps_s"] >= 0
 
     renderers = ["a2v"] + [b["renderer"] for b in plan["beats"]]
     assert {"a2v", "i2v", "sfx"} <= set(renderers)

@@ -1,0 +1,368 @@
+"""End-to-end benchmark: one short (hook + 10 beats, 512x768) through the product's own stages on one GPU.
+
+plan (Qwen2.5-14B-shaped planner), visual (Flux-dev), judge (a 7B LLaVA), video (MMS-TTS voices checked by
+whisper-small, LTX-2 clips) and render, each with real-architecture models and random weights, loaded
+from disk by the backends the `gpu` profile uses (`run_stages`, one stage at a time). Per stage: wall
+seconds, model load, peak VRAM and the stage's own figures from run.json; the floor is the same model
+calls made again bare (every pipeline call and `generate` of the stage recorded with its arguments, then
+replayed on the still-loaded models right after the stage); total / floor is the ratio the issue asks for.
+
+Random weights cannot write a plan, a verdict or a transcript, so the text models' tokens are forced
+(`Forced`): the planner's answer spells the template planner's plan for the same idea, the judge answers
+YES, whisper hears the line it checks. The forcing only masks logits, so every token still costs a full
+forward pass of the real-size model.
+
+The box's disk cannot hold every model at once: each stage's models are built (not timed) just before
+the stage and deleted after it with --lean. The total is the sum of the stage times (what `storyboard
+run` would take with every model on disk).
+
+    python bench/e2e_gpu.py --out /tmp/e2e --json e2e.json               # H100/H200, full-size models
+    python bench/e2e_gpu.py --size tiny --out /tmp/e2e-tiny              # CPU rehearsal
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import functools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.gpu_image import gpu_name, sync  # noqa: E402
+from bench.random_models import flux, llm, ltx2, report, vits, vlm, whisper_checkpoint  # noqa: E402
+
+IDEA = "A cat who wants to be a judge"
+SECTIONS = {"plan": {"planner"}, "visual": {"image"}, "judge": {"judge", "image"}, "video": {"tts", "qa", "video"}, "render": set()}
+EXPECTED: contextvars.ContextVar[str] = contextvars.ContextVar("expected", default="")
+
+
+class Forced:
+    """Forces the tokens of `answer(model)` (then end of text) on every `generate` of a transformers model, and the
+    checked line on every whisper decode. Logits are masked, nothing skipped: each token is a full forward."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers  # model class name -> answer text
+        self.undo: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> Forced:
+        import transformers
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        answers = self.answers
+
+        class Spell(LogitsProcessor):
+            def __init__(self, ids: list[int], start: int) -> None:
+                self.ids, self.start = ids, start
+
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                step = input_ids.shape[1] - self.start
+                token = self.ids[min(step, len(self.ids) - 1)]
+                forced = scores.new_full(scores.shape, float("-inf"))
+                forced[:, token] = 0.0
+                return forced
+
+        real_generate = transformers.GenerationMixin.generate
+
+        def generate(model: Any, *args: Any, **kwargs: Any) -> Any:
+            answer = answers.get(type(model).__name__)
+            if answer is not None:
+                tok = self.tokenizers[type(model).__name__]
+                ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                start = kwargs["input_ids"].shape[1]
+                kwargs["logits_processor"] = LogitsProcessorList([Spell(ids, start)])
+                kwargs["max_new_tokens"] = len(ids)
+            return real_generate(model, *args, **kwargs)
+
+        self._patch(transformers.GenerationMixin, "generate", generate)
+        try:
+            import whisper.decoding as decoding
+
+            real_init = decoding.DecodingTask.__init__
+
+            def init(task: Any, model: Any, options: Any) -> None:
+                real_init(task, model, options)
+                ids = task.tokenizer.encode(" " + EXPECTED.get()) + [task.tokenizer.eot]
+
+                class Hear(decoding.LogitFilter):
+                    def apply(self, logits: Any, tokens: Any) -> None:
+                        token = ids[min(tokens.shape[1] - task.sample_begin, len(ids) - 1)]
+                        logits[:] = float("-inf")  # also over the timestamp rules' choice: the text starts at once
+                        logits[:, token] = 0.0
+
+                task.logit_filters.append(Hear())
+
+            self._patch(decoding.DecodingTask, "__init__", init)
+            import storyboard.video as video_stage
+
+            real_check = video_stage.check_take
+
+            def check_take(recogniser: Any, wav: Path, line: str, *args: Any, **kwargs: Any) -> Any:
+                token = EXPECTED.set(line)
+                try:
+                    return real_check(recogniser, wav, line, *args, **kwargs)
+                finally:
+                    EXPECTED.reset(token)
+
+            self._patch(video_stage, "check_take", check_take)  # the name the video stage calls
+        except ImportError:
+            pass
+        self.tokenizers: dict[str, Any] = {}
+        return self
+
+    def _patch(self, owner: Any, name: str, value: Any) -> None:
+        self.undo.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, value in reversed(self.undo):
+            setattr(owner, name, value)
+
+
+class Recorder:
+    """Records every call of the given methods (with arguments) while a stage runs, to replay them bare after it."""
+
+    def __init__(self, targets: list[tuple[Any, str]]) -> None:
+        self.targets = targets
+        self.calls: list[tuple[Any, Any, tuple, dict]] = []
+        self.undo: list[tuple[Any, str, Any]] = []
+        self.depth = threading_local()
+
+    def __enter__(self) -> Recorder:
+        for owner, name in self.targets:
+            real = getattr(owner, name)
+            self.undo.append((owner, name, real))
+            setattr(owner, name, self._wrap(real))
+        return self
+
+    def _wrap(self, real: Any) -> Any:
+        recorder = self
+
+        @functools.wraps(real)  # the backends read the signature (which arguments the pipeline takes)
+        def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            outer = getattr(recorder.depth, "n", 0) == 0  # a pipeline calling generate inside is one call
+            if outer:
+                recorder.calls.append((real, obj, args, dict(kwargs)))
+            recorder.depth.n = getattr(recorder.depth, "n", 0) + 1
+            try:
+                return real(obj, *args, **kwargs)
+            finally:
+                recorder.depth.n -= 1
+
+        return call
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, real in reversed(self.undo):
+            setattr(owner, name, real)
+
+    def replay(self) -> float:
+        """Seconds of every recorded call made again, one after another (generators re-seeded)."""
+        import torch
+
+        total = 0.0
+        for real, obj, args, kwargs in self.calls:
+            if isinstance(kwargs.get("generator"), torch.Generator):
+                kwargs["generator"] = torch.Generator(kwargs["generator"].device).manual_seed(kwargs["generator"].initial_seed())
+            sync()
+            started = time.perf_counter()
+            real(obj, *args, **kwargs)
+            sync()
+            total += time.perf_counter() - started
+        self.calls.clear()
+        return total
+
+
+def has_imageio_ffmpeg() -> bool:
+    try:
+        import imageio_ffmpeg
+
+        return Path(imageio_ffmpeg.get_ffmpeg_exe()).is_file()
+    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
+        return False
+
+
+def threading_local() -> Any:
+    import threading
+
+    return threading.local()
+
+
+MODELS = {"planner": ("llm", llm), "image": ("flux", flux), "judge": ("vlm", vlm), "tts": ("vits", vits), "qa": ("whisper", whisper_checkpoint),
+          "video": ("ltx2", ltx2)}
+
+
+def model_paths(root: Path, size: str) -> dict[str, Path]:
+    return {section: root / (f"{name}-{size}.pt" if section == "qa" else f"{name}-{size}") for section, (name, _) in MODELS.items()}
+
+
+def calibrate_voice(path: Path, chars_per_second: float = 15.0) -> None:
+    """Random weights give a random speaking pace (a line lasted 15-25 s in a first rehearsal). Shift the saved VITS's
+    stochastic duration predictor (the translation of its last flow, the one that yields the log-durations) so a
+    line lasts about as long as a person reads it: the clips then have a real short's lengths."""
+    import math
+
+    import torch
+    from transformers import VitsModel, VitsTokenizer
+
+    line = "Order in the court, the cat is about to rule on the matter of the missing fish."
+    tokenizer, model = VitsTokenizer.from_pretrained(path), VitsModel.from_pretrained(path)
+    inputs = tokenizer(line, return_tensors="pt")
+    affine = model.duration_predictor.flows[0]  # applied last when sampling: log_duration = (z - translate) / exp(log_scale)
+    for _ in range(3):
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            seconds = model(**inputs).waveform.shape[-1] / model.config.sampling_rate
+        factor = seconds / (len(line) / chars_per_second)
+        with torch.no_grad():
+            affine.translate[0] += math.log(factor) * affine.log_scale[0].exp()
+    model.save_pretrained(path)
+
+
+def build(sections: set[str], paths: dict[str, Path], size: str, device: str) -> None:
+    """Build (once) the random-weight models of `sections`; the judge stage's image section is already there."""
+    from storyboard.backends.hf_common import free_memory
+
+    for section in sorted(sections):
+        path = paths[section]
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            builder = MODELS[section][1]
+            builder(path, size=size, **({"device": device} if section in ("planner", "image", "judge", "video") else {}))
+            if section == "tts":
+                calibrate_voice(path)
+            free_memory()
+
+
+def config_for(paths: dict[str, Path], size: str, device: str) -> dict[str, Any]:
+    """The gpu profile with the random models in place (Flux edits as img2img on the same weights: no Kontext)."""
+    from storyboard.profiles import resolve_config
+
+    gpu = device == "cuda"
+    overrides: dict[str, Any] = {
+        "planner": {"backend": "transformers", "model": str(paths.get("planner", "")), "load_in_4bit": gpu, "temperature": 0},
+        "image": {"backend": "diffusers", "model": str(paths.get("image", "")), "edit": "img2img", "edit_model": None,
+                  "text_encoder_4bit": gpu, "fp8": gpu},
+        "judge": {"backend": "vlm", "model": str(paths.get("judge", "")), "load_in_4bit": gpu, "max_retries": 0},
+        "tts": {"backend": "transformers", "model": str(paths.get("tts", "")), "models": {}},
+        "qa": {"backend": "whisper", "model": str(paths.get("qa", "")), "max_takes": 1},
+        "video": {"backend": "ltx2", "model": str(paths.get("video", "")), "fp8": gpu, "fp8_vae": gpu, "vae_tiling": gpu,
+                  "text_encoder_4bit": gpu, **({} if size == "full" else {"max_sequence_length": 32, "presets": {"distilled": {"long_side": 64}}})},
+    }
+    if size == "tiny":
+        overrides["image"]["presets"] = {"draft": {"long_side": 64, "steps": 2}}
+    config = {**resolve_config("gpu", overrides), "device": device}
+    config["image"].pop("edit_model", None)
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/sb-e2e"))
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--stages", default="plan,visual,judge,video,render")
+    parser.add_argument("--lean", action="store_true", help="delete each stage's models after it (a small disk)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    import diffusers
+    import torch
+
+    from storyboard.backends.hf_common import peak_gib, reset_peak
+    from storyboard.backends.template_planner import TemplatePlanner
+    from storyboard.formats import load_format
+    from storyboard.pipeline import create_run, run_stages
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    models = args.out / "models"
+    runs = args.out / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    plan = TemplatePlanner({}).plan(IDEA, load_format("drama10"), 0)
+    answers = {"Qwen2ForCausalLM": json.dumps(plan)[1:],  # the planner pre-fills "{"
+               "LlavaForConditionalGeneration": "YES"}
+    results: dict[str, Any] = {"gpu": gpu_name(), "size": args.size, "stages": {}}
+    from transformers import GenerationMixin, VitsModel
+
+    pipelines = ["FluxPipeline", "FluxImg2ImgPipeline", "LTX2ImageToVideoPipeline", "LTX2DFRPipeline", "LTX2LatentUpsamplePipeline"]
+    targets = [(getattr(diffusers, name), "__call__") for name in pipelines if hasattr(diffusers, name)]
+    targets += [(GenerationMixin, "generate"), (VitsModel, "forward")]
+    try:
+        import whisper
+
+        targets.append((whisper.model.Whisper, "transcribe"))
+    except ImportError:
+        pass
+    root: Path | None = None
+    paths = model_paths(models, args.size)
+    no_ffmpeg = shutil.which("ffmpeg") is None and not has_imageio_ffmpeg()
+    import storyboard.pipeline as pipeline
+    from storyboard.preflight import check_backends
+
+    current = {"stage": ""}
+
+    def stage_preflight(ctx: Any) -> None:
+        """The models are built one stage at a time: each stage checks its own backends (render: none, ffmpeg was found)."""
+        bad = [c for c in check_backends(ctx.config) if not c.ok and c.name in SECTIONS[current["stage"]]]
+        if bad:
+            raise SystemExit("; ".join(f"{c.name}: {c.detail}" for c in bad))
+        return None
+
+    pipeline.preflight = stage_preflight  # type: ignore[assignment]
+    with Forced(answers) as forced:
+        for stage in args.stages.split(","):
+            if stage == "render" and no_ffmpeg:
+                results["stages"][stage] = {"skipped": "no ffmpeg on this machine"}
+                continue
+            current["stage"] = stage
+            build_started = time.perf_counter()
+            build({x for x in SECTIONS[stage] if not (stage == "judge" and x == "image")}, paths, args.size, device)
+            build_s = time.perf_counter() - build_started
+            config = config_for(paths, args.size, device)
+            if stage == "plan":
+                from transformers import AutoTokenizer
+
+                forced.tokenizers["Qwen2ForCausalLM"] = AutoTokenizer.from_pretrained(paths["planner"])
+            if stage == "judge":
+                from transformers import AutoProcessor
+
+                forced.tokenizers["LlavaForConditionalGeneration"] = AutoProcessor.from_pretrained(paths["judge"]).tokenizer
+            reset_peak()
+            recorder = Recorder(targets) if stage != "render" else None
+            sync()
+            started = time.perf_counter()
+            if recorder is not None:
+                recorder.__enter__()
+            try:
+                if stage == "plan":
+                    root = create_run(IDEA, "drama10", config, runs)
+                else:
+                    assert root is not None, "run the plan stage first"
+                    summary = run_stages(root, config, stages=(stage,))
+                    assert summary.status in ("ok", "up to date"), summary
+                sync()
+                wall = time.perf_counter() - started
+            finally:
+                if recorder is not None:
+                    recorder.__exit__()
+            floor = recorder.replay() if recorder is not None else 0.0  # the stage's models are still referenced by the calls
+            manifest = json.loads((root / "run.json").read_text()) if root and (root / "run.json").is_file() else {}
+            row = {"wall_s": round(wall, 3), "floor_s": round(floor, 3), "ratio": round(wall / floor, 3) if floor else None,
+                   "peak_gib": peak_gib(), "build_s_not_counted": round(build_s, 1), "figures": manifest.get("stages", {}).get(stage, {})}
+            results["stages"][stage] = row
+            print(stage, json.dumps(row), flush=True)
+            del recorder
+            if args.lean:  # the judge may redraw with the image model: it goes after the judge stage
+                for section in SECTIONS[stage] - ({"image"} if stage == "visual" else set()):
+                    shutil.rmtree(paths[section], ignore_errors=True) if paths[section].is_dir() else paths[section].unlink(missing_ok=True)
+    total = sum(r.get("wall_s", 0.0) for r in results["stages"].values())
+    floor = sum(r.get("floor_s", 0.0) for r in results["stages"].values())
+    results.update({"total_s": round(total, 3), "floor_s": round(floor, 3), "ratio": round(total / floor, 3) if floor else None,
+                    "final": str(root / "final.mp4") if root and (root / "final.mp4").is_file() else None})
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
