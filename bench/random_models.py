@@ -25,8 +25,8 @@ CHAT_TEMPLATE = (
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
 
 
-def tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on CORPUS, with a chat template and the Qwen special tokens."""
+def tokenizer(vocab_size: int = 400, extra: list[str] | tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained on CORPUS (and `extra` texts), with a chat template and the Qwen special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -34,7 +34,7 @@ def tokenizer(vocab_size: int = 400):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator([*CORPUS, *extra], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -254,12 +254,13 @@ WHISPER = {"full": {"n_audio_state": 768, "n_audio_head": 12, "n_audio_layer": 1
            "tiny": {"n_audio_state": 64, "n_audio_head": 2, "n_audio_layer": 1, "n_text_state": 64, "n_text_head": 2, "n_text_layer": 1}}
 
 
-def llm(path: Path, size: str = "tiny", device: str = "cpu") -> Path:
-    """A Qwen2 causal LM (Qwen2.5-14B's shape when `size` is full) with its tokenizer, saved under `path`."""
+def llm(path: Path, size: str = "tiny", device: str = "cpu", vocab_size: int = 400, texts: list[str] | tuple[str, ...] = ()) -> Path:
+    """A Qwen2 causal LM (Qwen2.5-14B's shape when `size` is full) with its tokenizer (trained on `texts` too, up to
+    `vocab_size` tokens), saved under `path`."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tok = tokenizer()
+    tok = tokenizer(vocab_size, texts)
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=32768, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          **LLM[size])
