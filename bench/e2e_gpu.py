@@ -129,7 +129,7 @@ class Recorder:
 
     def __init__(self, targets: list[tuple[Any, str]]) -> None:
         self.targets = targets
-        self.calls: list[tuple[Any, Any, tuple, dict]] = []
+        self.calls: list[tuple[contextvars.Context, Any, Any, tuple, dict]] = []
         self.undo: list[tuple[Any, str, Any]] = []
         self.depth = threading_local()
 
@@ -146,8 +146,8 @@ class Recorder:
         @functools.wraps(real)  # the backends read the signature (which arguments the pipeline takes)
         def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
             outer = getattr(recorder.depth, "n", 0) == 0  # a pipeline calling generate inside is one call
-            if outer:
-                recorder.calls.append((real, obj, args, dict(kwargs)))
+            if outer:  # with its context: the line whisper is forced to hear is a context variable
+                recorder.calls.append((contextvars.copy_context(), real, obj, args, dict(kwargs)))
             recorder.depth.n = getattr(recorder.depth, "n", 0) + 1
             try:
                 return real(obj, *args, **kwargs)
@@ -165,12 +165,12 @@ class Recorder:
         import torch
 
         total = 0.0
-        for real, obj, args, kwargs in self.calls:
+        for context, real, obj, args, kwargs in self.calls:
             if isinstance(kwargs.get("generator"), torch.Generator):
                 kwargs["generator"] = torch.Generator(kwargs["generator"].device).manual_seed(kwargs["generator"].initial_seed())
             sync()
             started = time.perf_counter()
-            real(obj, *args, **kwargs)
+            context.run(real, obj, *args, **kwargs)
             sync()
             total += time.perf_counter() - started
         self.calls.clear()
