@@ -177,12 +177,14 @@ class Recorder:
         return total
 
 
-def has_imageio_ffmpeg() -> bool:
-    try:
-        import imageio_ffmpeg
+def has_ffmpeg() -> bool:
+    """The render's ffmpeg is found the way the product finds it ($STORYBOARD_FFMPEG, imageio-ffmpeg, PATH)."""
+    from storyboard.errors import PreflightError
+    from storyboard.ffmpeg import ffmpeg_exe
 
-        return Path(imageio_ffmpeg.get_ffmpeg_exe()).is_file()
-    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
+    try:
+        return bool(ffmpeg_exe())
+    except PreflightError:
         return False
 
 
@@ -252,11 +254,13 @@ def build(sections: set[str], paths: dict[str, Path], size: str, device: str) ->
             free_memory()
 
 
-def config_for(paths: dict[str, Path], size: str, device: str) -> dict[str, Any]:
-    """The gpu profile with the random models in place (Flux edits as img2img on the same weights: no Kontext)."""
+def config_for(paths: dict[str, Path], size: str, device: str, roomy: bool = False) -> dict[str, Any]:
+    """The gpu profile with the random models in place (Flux edits as img2img on the same weights: no Kontext).
+    `roomy`: a GPU with room for each stage's models in bf16 (80 GB and up): no 4-bit text models, no fp8 storage,
+    no VAE tiles, each of which saves memory at some cost in load or call time."""
     from storyboard.profiles import resolve_config
 
-    gpu = device == "cuda"
+    gpu = device == "cuda" and not roomy
     overrides: dict[str, Any] = {
         "planner": {"backend": "transformers", "model": str(paths.get("planner", "")), "load_in_4bit": gpu, "temperature": 0},
         "image": {"backend": "diffusers", "model": str(paths.get("image", "")), "edit": "img2img", "edit_model": None,
@@ -281,6 +285,9 @@ def main() -> None:
     parser.add_argument("--stages", default="plan,visual,judge,video,render")
     parser.add_argument("--lean", action="store_true", help="delete each stage's models after it (a small disk)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--roomy", action="store_true", help="bf16 everywhere: no 4-bit, fp8 or VAE tiles (80 GB GPUs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the run (and --json results) an earlier call left under --out: stages split over calls")
     args = parser.parse_args()
     import diffusers
     import torch
@@ -293,11 +300,14 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = args.out / "models"
     runs = args.out / "runs"
-    shutil.rmtree(runs, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(runs, ignore_errors=True)
     plan = TemplatePlanner({}).plan(IDEA, load_format("drama10"), 0)
     answers = {"Qwen2ForCausalLM": json.dumps(plan)[1:],  # the planner pre-fills "{"
                "LlavaForConditionalGeneration": "YES"}
-    results: dict[str, Any] = {"gpu": gpu_name(), "size": args.size, "stages": {}}
+    results: dict[str, Any] = {"gpu": gpu_name(), "size": args.size, "roomy": args.roomy, "stages": {}}
+    if args.resume and args.json and args.json.is_file():
+        results = json.loads(args.json.read_text())
     from transformers import GenerationMixin, VitsModel
 
     pipelines = ["FluxPipeline", "FluxImg2ImgPipeline", "LTX2ImageToVideoPipeline", "LTX2DFRPipeline", "LTX2LatentUpsamplePipeline"]
@@ -310,8 +320,12 @@ def main() -> None:
     except ImportError:
         pass
     root: Path | None = None
+    if args.resume:
+        found = sorted(p for p in runs.glob("*") if (p / "plan.json").is_file())
+        assert len(found) == 1, f"--resume wants exactly one run under {runs}, found {found}"
+        root = found[0]
     paths = model_paths(models, args.size)
-    no_ffmpeg = shutil.which("ffmpeg") is None and not has_imageio_ffmpeg()
+    no_ffmpeg = not has_ffmpeg()
     import storyboard.pipeline as pipeline
     from storyboard.preflight import check_backends
 
@@ -334,7 +348,7 @@ def main() -> None:
             build_started = time.perf_counter()
             build({x for x in SECTIONS[stage] if not (stage == "judge" and x == "image")}, paths, args.size, device)
             build_s = time.perf_counter() - build_started
-            config = config_for(paths, args.size, device)
+            config = config_for(paths, args.size, device, args.roomy)
             if stage == "plan":
                 from transformers import AutoTokenizer
 
@@ -369,6 +383,8 @@ def main() -> None:
                    "peak_gib": peak_gib(), "build_s_not_counted": round(build_s, 1), "figures": manifest.get("stages", {}).get(stage, {})}
             results["stages"][stage] = row
             print(stage, json.dumps(row), flush=True)
+            if args.json:  # each stage kept at once: a call cut off at its time limit still leaves the stages it ran
+                args.json.write_text(json.dumps(results, indent=2))
             del recorder
             if args.lean:  # the judge may redraw with the image model: it goes after the judge stage
                 for section in SECTIONS[stage] - ({"image"} if stage == "visual" else set()):
