@@ -289,6 +289,10 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="go on with the run (and --json results) an earlier call left under --out: stages split over calls")
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("storyboard").setLevel(logging.INFO)  # the stages' own timings, stamped, beside the figures
     import diffusers
     import torch
 

@@ -56,11 +56,13 @@ def create_run(idea: str, format_name: str, config: dict[str, Any], out: Path, s
     if (root / "plan.json").is_file():
         log.info("plan: %s already has a plan; resuming", root)
         return root
-    plan = make_plan(idea, format_name, config, seed, pool)
+    figures: dict[str, Any] = {}
+    plan = make_plan(idea, format_name, config, seed, pool, figures)
     root.mkdir(parents=True, exist_ok=True)
     with RunLock(root):
         if not (root / "plan.json").is_file():
             write_plan(RunDir(root), plan)
+            Manifest.load(root / "run.json").record_stage("plan", figures)
     return root
 
 

@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 from storyboard.backends import register  # noqa: E402
 from storyboard.backends.vlm_judge import VLMJudge  # noqa: E402
 from storyboard.errors import PreflightError, StageError  # noqa: E402
+from storyboard.formats import load_format  # noqa: E402
 from storyboard.pipeline import create_run, run_stages  # noqa: E402
 from storyboard.preflight import check_backends  # noqa: E402
 from storyboard.profiles import resolve_config  # noqa: E402
@@ -214,3 +215,24 @@ def test_transformers_tts_voices_every_line_with_one_load(tmp_path: Path) -> Non
         info = probe(root / rel)
         assert info.sample_rate == 48000 and info.channels == 2 and (info.audio_duration or 0) > 0.2
         assert artifacts[rel]["inputs"]["backend"]["model"] == str(model)
+
+
+def test_transformers_planner_plan_is_timed_in_run_json(models: dict[str, Path], tmp_path: Path) -> None:
+    """A planner forced to spell a valid plan (the e2e benchmark's forcing): the plan lands, and run.json's plan
+    stage has the attempt count, load time and the tokens the model generated."""
+    from transformers import AutoTokenizer
+
+    from bench.e2e_gpu import Forced
+    from storyboard.backends.template_planner import TemplatePlanner
+
+    plan = TemplatePlanner({}).plan(IDEA, load_format("explainer5"), 0)
+    answer = json.dumps(plan)[1:]  # the planner pre-fills "{"
+    config = resolve_config("offline", {"planner": {"backend": "transformers", "model": str(models["llm"]), "device": "cpu", "temperature": 0}})
+    with Forced({"Qwen2ForCausalLM": answer}) as forced:
+        forced.tokenizers["Qwen2ForCausalLM"] = tok = AutoTokenizer.from_pretrained(models["llm"])
+        root = create_run(IDEA, "explainer5", config, tmp_path)
+    assert json.loads((root / "plan.json").read_text())["beats"][0]["line"] == plan["beats"][0]["line"]
+    figures = json.loads((root / "run.json").read_text())["stages"]["plan"]
+    assert figures["attempts"] == 1 and figures["load_s"] >= 0 and figures["seconds"] >= figures["generate_s"] > 0
+    assert figures["new_tokens"] == len(tok(answer, add_special_tokens=False)["input_ids"]) + 1  # and end of text
+    assert figures["prompt_tokens"] > 0 and figures["tokens_per_s"] > 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..errors import InputError, StageError
 from ..formats import Format
 from . import BackendBase, register
-from .hf_common import TransformersBackend
+from .hf_common import TransformersBackend, synchronize
 from .llm_common import parse_json_object, planner_messages
 
 
@@ -40,10 +41,16 @@ class TransformersPlanner(TransformersBackend, BackendBase):
         encoded = self.processor(prompt + "{", return_tensors="pt", add_special_tokens=False).to(self.model.device)
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        synchronize()
+        started = time.monotonic()
         with torch.inference_mode():
             output = self.model.generate(**encoded, max_new_tokens=self.max_new_tokens, max_time=self.timeout_s,
                                          pad_token_id=self.processor.pad_token_id or self.processor.eos_token_id, **sampling)
         new = output[0, encoded["input_ids"].shape[1]:]
+        synchronize()
+        seconds = time.monotonic() - started
+        self.figures.update(prompt_tokens=int(encoded["input_ids"].shape[1]), new_tokens=len(new), generate_s=round(seconds, 3),
+                            tokens_per_s=round(len(new) / seconds, 1) if seconds > 0 else None)
         finished = self.processor.eos_token_id is not None and bool((new == self.processor.eos_token_id).any())
         text = "{" + self.processor.decode(new, skip_special_tokens=True)
         if not finished and len(new) >= self.max_new_tokens:
