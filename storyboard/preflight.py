@@ -87,6 +87,11 @@ def check_backends(config: dict[str, Any]) -> list[Check]:
         except StoryboardError as error:
             checks.append(Check(capability, False, str(error), "fix the profile"))
             continue
+        except ImportError as error:
+            package = error.name or str(error)
+            checks.append(Check(capability, False, f"{settings.get('backend', capability)}: python package {package} is not installed",
+                                "pip install -e '.[gpu]'"))
+            continue
         if missing:
             checks.append(Check(capability, False, f"{backend.name}: missing {', '.join(missing)}", "see the model's fetch command above"))
         else:

@@ -48,7 +48,8 @@ def test_each_stage_loads_its_model_once(offline_run: Path) -> None:
     import json
 
     stages = json.loads((offline_run / "run.json").read_text())["stages"]
-    assert set(stages) == {"visual", "judge", "video", "render"}
+    assert set(stages) == {"plan", "visual", "judge", "video", "render"}
+    assert stages["plan"]["attempts"] == 1 and stages["plan"]["seconds"] >= 0
     assert stages["visual"]["beats"] == list(range(11))
 
 

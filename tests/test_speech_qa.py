@@ -107,3 +107,16 @@ def test_a_named_whisper_model_not_on_disk_is_an_error_with_the_fetch_command(tm
     qa = WhisperQA({"model": "small", "download_root": str(tmp_path)})
     with pytest.raises(PreflightError, match="whisper model small is not on this machine.*whisper.load_model\\('small'\\)"):
         qa.checkpoint()
+
+
+def test_a_backend_whose_package_is_missing_is_a_failed_check_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`storyboard doctor` on a box without openai-whisper names the package instead of raising ImportError."""
+    import sys
+
+    from storyboard.preflight import check_backends
+
+    monkeypatch.setitem(sys.modules, "whisper", None)  # `import whisper` now raises ImportError
+    checks = {c.name: c for c in check_backends(resolve_config("offline", {"qa": {"backend": "whisper", "model": "small"}}))}
+    assert not checks["qa"].ok
+    assert "python package whisper is not installed" in checks["qa"].detail and ".[gpu]" in checks["qa"].fix
+    assert checks["tts"].ok  # the other backends are still checked
