@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 
 from storyboard.backends import register  # noqa: E402
 from storyboard.backends.vlm_judge import VLMJudge  # noqa: E402
-from storyboard.errors import PreflightError, StageError  # noqa: E402
+from storyboard.errors import InputError, PreflightError, StageError  # noqa: E402
 from storyboard.formats import load_format  # noqa: E402
 from storyboard.pipeline import create_run, run_stages  # noqa: E402
 from storyboard.preflight import check_backends  # noqa: E402
@@ -236,3 +236,29 @@ def test_transformers_planner_plan_is_timed_in_run_json(models: dict[str, Path],
     assert figures["attempts"] == 1 and figures["load_s"] >= 0 and figures["seconds"] >= figures["generate_s"] > 0
     assert figures["new_tokens"] == len(tok(answer, add_special_tokens=False)["input_ids"]) + 1  # and end of text
     assert figures["prompt_tokens"] > 0 and figures["tokens_per_s"] > 0
+
+
+def test_planner_static_cache_decodes_what_the_dynamic_cache_does(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's default static KV cache (sized once for prompt + answer) yields the same greedy tokens as the
+    growing dynamic cache, and generate is told which; a cache name that does not exist is refused."""
+    import transformers
+
+    from storyboard.backends.transformers_planner import TransformersPlanner
+
+    seen: list[tuple[str | None, list[int]]] = []
+    real = transformers.GenerationMixin.generate
+
+    def spy(model: object, *args: object, **kwargs: object) -> object:
+        out = real(model, *args, **kwargs)
+        seen.append((kwargs.get("cache_implementation"), out[0].tolist()))  # type: ignore[index]
+        return out
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", spy)
+    for cache in ("static", "dynamic"):
+        planner = TransformersPlanner({"model": str(models["llm"]), "device": "cpu", "temperature": 0, "max_new_tokens": 40, "cache": cache})
+        with planner, pytest.raises(InputError, match="max_new_tokens=40"):  # random weights never close the JSON
+            planner.plan(IDEA, load_format("explainer5"), 0)
+    assert [s[0] for s in seen] == ["static", None]
+    assert len(seen[0][1]) > 40 and seen[0][1] == seen[1][1]
+    with pytest.raises(InputError, match="planner.cache: 'paged'; choose static or dynamic"):
+        TransformersPlanner({"model": str(models["llm"]), "cache": "paged"})
