@@ -143,7 +143,7 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
             for tensor in module.parameters():
                 sizes[f"{tensor.dtype}@{tensor.device}"] = sizes.get(f"{tensor.dtype}@{tensor.device}", 0.0) + tensor.numel() * tensor.element_size() / 2**30
             print(part, {k: round(v, 2) for k, v in sizes.items()}, flush=True)
-        backend.prepare(requests)
+        backend.prepare([r.prompt for r in requests])
         results["figures"] = dict(backend.figures)
         first = True
         for request, (case, _w, _h, long_side, _s, quality, _r) in zip(requests, cases, strict=True):

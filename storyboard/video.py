@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +143,49 @@ def speak_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str,
             "kept_take": keep + 1, "qa_ok": checks[keep].ok}
 
 
+def clip_prompt(ctx: RunContext, number: int) -> str:
+    plan = ctx.plan
+    return plan.hook.image_prompt if number == 0 else f"{plan.beat(number).image_prompt}. {plan.beat(number).action}"
+
+
+def clips_after_speech(ctx: RunContext, speech: list[Item]) -> list[int]:
+    """Beats whose clip the stage will make once `speech` is voiced: the clips pending now, those of re-voiced beats,
+    and sfx clips chained (from the previous clip's last frame) to any of those."""
+    numbers = {item.number for item in pending(ctx, clip_items(ctx))} | {item.number for item in speech}
+    for n in ctx.plan.beat_numbers:  # ascending: a chain of sfx beats follows its head
+        if n - 1 in numbers and n > 0 and ctx.plan.beat(n).renderer == "sfx" and ctx.backend("video").sfx_from_previous:
+            numbers.add(n)
+    return sorted(numbers)
+
+
+def load_video_early(ctx: RunContext, speech: list[Item]) -> tuple[Future[Any], contextlib.ExitStack] | None:
+    """Load the video model and encode the prompts of the clips to come on a thread while the speech is voiced (the
+    GPU has room: speech models are small, and the clips' peak comes after). None when the backend has nothing to
+    prepare, its work goes to workers, or `video.overlap_speech` is false."""
+    backend = ctx.backend("video")
+    if not hasattr(backend, "prepare") or not ctx.config.get("video", {}).get("overlap_speech", True):
+        return None
+    if ctx.workers is not None and "video" in ctx.workers.distributes:
+        return None
+    prompts = [clip_prompt(ctx, n) for n in clips_after_speech(ctx, speech)]
+    opened = contextlib.ExitStack()
+
+    def warm() -> float:
+        started = time.monotonic()
+        loaded = opened.enter_context(ctx.loaded("video"))
+        loaded.prepare(prompts)
+        return time.monotonic() - started
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="video-load")
+    future = pool.submit(contextvars.copy_context().run, warm)
+    pool.shutdown(wait=False)  # the thread ends when warm() returns
+    return future, opened
+
+
 def clip_request(ctx: RunContext, item: Item) -> ClipRequest:
     """What the video backend is asked for one clip."""
     plan, n = ctx.plan, item.number
-    prompt = plan.hook.image_prompt if n == 0 else f"{plan.beat(n).image_prompt}. {plan.beat(n).action}"
+    prompt = clip_prompt(ctx, n)
     return ClipRequest(
         number=n, renderer=item.inputs["renderer"], image=ctx.rd.image(n, plan.beat_type(n)),
         audio=ctx.rd.audio(n) if item.inputs["audio"] else None, duration=item.inputs["duration"], width=plan.width,
@@ -176,44 +217,61 @@ def check_clip(path: Path, request: ClipRequest) -> None:
             raise StageError(f"clip audio {info.audio_duration or 0:.2f} s would cut {speech:.2f} s of speech")
 
 
+def _close_early(future: Future[Any], opened: contextlib.ExitStack) -> None:
+    """Release the early-loaded video model once its thread is done (an error there was raised where it was awaited,
+    or is logged here when the speech failed first)."""
+    try:
+        future.result()
+    except Exception as error:  # noqa: BLE001 - the stage is already ending with its own error
+        log.debug("video: early load failed: %s", error)
+    opened.close()
+
+
 def video(ctx: RunContext) -> StageResult:
     """Voice every stale speaking beat, then animate every stale clip; one load per model."""
     result = StageResult("video")
     started = time.monotonic()
     figures: dict[str, Any] = {}
-    # 1. Speech first: its measured length sets each clip's length.
-    todo = pending(ctx, audio_items(ctx))
-    if todo:
-        ctx.ready_for_work()
-        load_started = time.monotonic()
-        qa_on = getattr(ctx.backend("qa"), "enabled", False)
-        with local_backend(ctx, "tts") as tts, (ctx.loaded("qa") if qa_on and tts is not None else contextlib.nullcontext()):
-            figures["tts_load_s"] = round(time.monotonic() - load_started, 3)  # the recogniser (speech QA) loads with it, once
-            make, workers = producer(ctx, "tts", speak_one, tts)
-            generate(ctx, result, todo, make, lambda item: f"voice {item.number:02d}", workers=workers)
-    # 2. Clips, whose keys include the speech and image hashes.
-    todo = pending(ctx, clip_items(ctx))
-    if todo:
-        ctx.ready_for_work()
-        load_started = time.monotonic()
-        with local_backend(ctx, "video") as backend:
-            figures["video_load_s"] = round(time.monotonic() - load_started, 3)
-            make, workers = producer(ctx, "video", animate_one, backend)
-            if backend is not None:
-                workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
-                if hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
-                    backend.prepare([clip_request(ctx, item) for item in todo])
-            # An sfx clip that starts from the previous clip's last frame waits for that clip, and its key is taken
-            # only then (it holds the previous clip's hash): rounds of clips whose predecessor is not pending.
-            tried: set[int] = set()
-            while todo:
-                waiting = {item.number for item in todo}
-                ready = [item for item in todo if "previous_clip" not in item.inputs or item.number - 1 not in waiting]
-                generate(ctx, result, ready, make, lambda item: f"clip {item.number:02d}", workers=workers)
-                tried |= {item.number for item in ready}
-                todo = [item for item in pending(ctx, clip_items(ctx)) if item.number not in tried]
-            if backend is not None and hasattr(backend, "stage_figures"):
-                figures.update(backend.stage_figures())
+    # 1. Speech first: its measured length sets each clip's length. The video model loads meanwhile.
+    early: tuple[Future[Any], contextlib.ExitStack] | None = None
+    with contextlib.ExitStack() as stage:
+        todo = pending(ctx, audio_items(ctx))
+        if todo:
+            ctx.ready_for_work()
+            load_started = time.monotonic()
+            qa_on = getattr(ctx.backend("qa"), "enabled", False)
+            with local_backend(ctx, "tts") as tts, (ctx.loaded("qa") if qa_on and tts is not None else contextlib.nullcontext()):
+                figures["tts_load_s"] = round(time.monotonic() - load_started, 3)  # the recogniser (speech QA) loads with it, once
+                early = load_video_early(ctx, todo)
+                if early is not None:
+                    stage.callback(_close_early, *early)
+                make, workers = producer(ctx, "tts", speak_one, tts)
+                generate(ctx, result, todo, make, lambda item: f"voice {item.number:02d}", workers=workers)
+        # 2. Clips, whose keys include the speech and image hashes.
+        todo = pending(ctx, clip_items(ctx))
+        if todo:
+            ctx.ready_for_work()
+            load_started = time.monotonic()
+            if early is not None:
+                figures["video_load_overlapped_s"] = round(early[0].result(), 3)  # load + prompts, beside the speech
+            with local_backend(ctx, "video") as backend:  # the early load stays open: no second load
+                figures["video_load_s"] = round(time.monotonic() - load_started, 3)  # what the clips waited for
+                make, workers = producer(ctx, "video", animate_one, backend)
+                if backend is not None:
+                    workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
+                    if hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
+                        backend.prepare([clip_request(ctx, item).prompt for item in todo])
+                # An sfx clip that starts from the previous clip's last frame waits for that clip, and its key is taken
+                # only then (it holds the previous clip's hash): rounds of clips whose predecessor is not pending.
+                tried: set[int] = set()
+                while todo:
+                    waiting = {item.number for item in todo}
+                    ready = [item for item in todo if "previous_clip" not in item.inputs or item.number - 1 not in waiting]
+                    generate(ctx, result, ready, make, lambda item: f"clip {item.number:02d}", workers=workers)
+                    tried |= {item.number for item in ready}
+                    todo = [item for item in pending(ctx, clip_items(ctx)) if item.number not in tried]
+                if backend is not None and hasattr(backend, "stage_figures"):
+                    figures.update(backend.stage_figures())
     result.loads = ctx.calls["tts.load"] + ctx.calls["video.load"]
     if result.done or result.failed:
         result.seconds = time.monotonic() - started

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import tiny_models  # noqa: E402
+from helpers import changed, edit_plan, media_hashes  # noqa: E402
 
 from storyboard.backends.ltx2_video import frame_count, log_mel, retime  # noqa: E402
 from storyboard.media import fit_length, last_frame, load_audio, probe  # noqa: E402
@@ -140,9 +141,24 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
     # i2v and sfx steps denoise their own audio stream (nonzero timesteps).
     assert all(torch.count_nonzero(s["audio_timestep"]) > 0 for s in seen if s["pipe"] == "LTX2ImageToVideoPipeline")
 
+    # The video model loaded and encoded its prompts beside the speech, once.
+    assert stage["video_load_overlapped_s"] > 0 and stage["video_load_s"] >= 0
+
     # Re-running changes nothing: every clip is cached.
     again = run_stages(root, config, stages=("video",))
     assert again.status == "up to date" and again.calls.get("video.animate", 0) == 0 and again.calls.get("video.load", 0) == 0
+
+    # A new line re-voices its beat; the early load encodes that clip's prompt and those of the sfx clips that continue
+    # from it, which are redone too (each from the clip before): one load, nothing else touched.
+    speaker = next(n for n in range(1, 11) if renderers[n] == "a2v" and n < 10 and renderers[n + 1] == "sfx")
+    chained = [n for n in range(speaker + 1, 11) if all(r == "sfx" for r in renderers[speaker + 1 : n + 1])]
+    before = media_hashes(root)
+    edit_plan(root, speaker, line="Objection! The fish was already missing when I got here.")
+    redo = run_stages(root, config, stages=("video",))
+    assert redo.status == "ok" and redo.calls["video.load"] == 1 and redo.calls["video.animate"] == 1 + len(chained)
+    clip = lambda n: f"clips/clip_{n:02d}_{plan['beats'][n - 1]['type']}.mp4"  # noqa: E731
+    assert changed(before, media_hashes(root)) == {f"audio/beat_{speaker:02d}.wav", clip(speaker), *map(clip, chained)}
+    assert json.loads((root / "run.json").read_text())["stages"]["video"]["video_load_overlapped_s"] > 0
 
 
 def test_second_entry_point_shares_weights_and_keeps_fp8_and_dtype(ltx: Path, tmp_path: Path) -> None:
@@ -228,7 +244,7 @@ def test_ltx2_two_stage_upsampler(ltx: Path, tmp_path: Path, monkeypatch: pytest
     with LTX2Video(settings) as backend:
         request = ClipRequest(number=1, renderer="i2v", image=tmp_path / "beat.png", audio=None, duration=1.5, width=108, height=192,
                               fps=24, seed=5, prompt="a cat judge")
-        backend.prepare([request])
+        backend.prepare([request.prompt])
         backend.animate(request, tmp_path / "clip.mp4")
     assert [name for name, _ in calls] == ["LTX2ImageToVideoPipeline", "LTX2LatentUpsamplePipeline", "LTX2ImageToVideoPipeline"]
     first, up, refine = (kwargs for _, kwargs in calls)

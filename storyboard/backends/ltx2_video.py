@@ -164,14 +164,19 @@ class LTX2Video(ClipBackend):
             kwargs.update(negative_prompt_embeds=negative.to(self.device), negative_prompt_attention_mask=negative_mask.to(self.device))
         return kwargs
 
-    def prepare(self, requests: list[ClipRequest]) -> None:
-        """Encode every prompt of the stage, then release the text encoder (it never shares the GPU with the transformer)."""
+    def prepare(self, prompts: list[str]) -> None:
+        """Encode every prompt of the stage, then release the text encoder (it never shares the GPU with the transformer).
+        Called again with prompts already encoded, it does nothing."""
         import time
 
-        started = time.monotonic()
-        for prompt in ["", *(request.prompt for request in requests)]:  # "" is the negative prompt of guided presets
-            self._encode(prompt)
-        self.figures["prompts_s"] = round(time.monotonic() - started, 3)
+        todo = [p for p in dict.fromkeys(["", *prompts]) if p not in self.embeds]  # "" is the negative prompt of guided presets
+        if todo and self.pipe.text_encoder is None:
+            raise StageError(f"video: {len(todo)} prompt(s) arrived after the text encoder was released: {todo[0][:60]!r}")
+        if todo:
+            started = time.monotonic()
+            for prompt in todo:
+                self._encode(prompt)
+            self.figures["prompts_s"] = round(self.figures.get("prompts_s", 0.0) + time.monotonic() - started, 3)
         self._on_device(release_text_encoder=True)
 
     def _on_device(self, release_text_encoder: bool = False) -> None:
