@@ -160,10 +160,11 @@ def clips_after_speech(ctx: RunContext, speech: list[Item]) -> list[int]:
 
 def load_video_early(ctx: RunContext, speech: list[Item]) -> tuple[Future[Any], contextlib.ExitStack] | None:
     """Load the video model and encode the prompts of the clips to come on a thread while the speech is voiced (the
-    GPU has room: speech models are small, and the clips' peak comes after). None when the backend has nothing to
-    prepare, its work goes to workers, or `video.overlap_speech` is false."""
+    GPU has room: speech models are small, and the clips' peak comes after). Off unless `video.overlap_speech` is
+    true: with the weights in the page cache the two contend for the GPU and gain nothing (BENCHMARKS.md); it is
+    meant for a load that waits on the disk. None too when the backend has nothing to prepare or its work goes to workers."""
     backend = ctx.backend("video")
-    if not hasattr(backend, "prepare") or not ctx.config.get("video", {}).get("overlap_speech", True):
+    if not hasattr(backend, "prepare") or not ctx.config.get("video", {}).get("overlap_speech", False):
         return None
     if ctx.workers is not None and "video" in ctx.workers.distributes:
         return None

@@ -74,7 +74,7 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
     spy(LTX2ImageToVideoPipeline)
     spy(LTX2DFRPipeline)
     config = resolve_config("offline", {"video": {"backend": "ltx2", "model": str(ltx), "device": "cpu", "max_sequence_length": 32,
-                                                  "presets": {"distilled": {"long_side": 64}}}})
+                                                  "presets": {"distilled": {"long_side": 64}}, "overlap_speech": True}})
     root = create_run(IDEA, "drama10", config, tmp_path)
     summary = run_stages(root, config, stages=("visual", "video"))
     assert summary.status == "ok", summary
@@ -159,6 +159,15 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
     clip = lambda n: f"clips/clip_{n:02d}_{plan['beats'][n - 1]['type']}.mp4"  # noqa: E731
     assert changed(before, media_hashes(root)) == {f"audio/beat_{speaker:02d}.wav", clip(speaker), *map(clip, chained)}
     assert json.loads((root / "run.json").read_text())["stages"]["video"]["video_load_overlapped_s"] > 0
+    # The default: the model loads after the speech, the clips' prompts encoded then.
+    before = media_hashes(root)
+    edit_plan(root, speaker, line="Objection! Nobody saw the fish leave the kitchen.")
+    config["video"]["overlap_speech"] = False
+    redo = run_stages(root, config, stages=("video",))
+    assert redo.status == "ok" and redo.calls["video.load"] == 1 and redo.calls["video.animate"] == 1 + len(chained)
+    assert changed(before, media_hashes(root)) == {f"audio/beat_{speaker:02d}.wav", clip(speaker), *map(clip, chained)}
+    stage = json.loads((root / "run.json").read_text())["stages"]["video"]
+    assert "video_load_overlapped_s" not in stage and stage["prompts_s"] >= 0
 
 
 def test_second_entry_point_shares_weights_and_keeps_fp8_and_dtype(ltx: Path, tmp_path: Path) -> None:

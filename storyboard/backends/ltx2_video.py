@@ -64,7 +64,8 @@ class LTX2Video(ClipBackend):
     guidance_scale, audio_guidance_scale, long_side, ...pipeline arguments}, frame_rate (model fps; default the
     run's), upsampler (a latent upsampler checkpoint: i2v and sfx clips are made at half size, upsampled 2x and
     refined), device, dtype, fp8 (transformer and, unless fp8_connectors is false, the text connectors), text_encoder_4bit,
-    offload, vae_tiling, vae_temporal_tile_frames, fp8_vae, encode_prompts_first, crf and preset (x264, default 16 and ultrafast)."""
+    offload, vae_tiling, vae_temporal_tile_frames, fp8_vae, encode_prompts_first, crf and preset (x264, default 16 and ultrafast),
+    overlap_speech (read by the video stage: load and encode prompts while the speech is made; default false)."""
 
     name = "ltx2"
     default_model = "Lightricks/LTX-2"
