@@ -16,12 +16,13 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import tiny_models  # noqa: E402
-from helpers import changed, edit_plan, media_hashes  # noqa: E402
 
 from storyboard.backends.ltx2_video import frame_count, log_mel, retime  # noqa: E402
 from storyboard.media import fit_length, last_frame, load_audio, probe  # noqa: E402
 from storyboard.pipeline import create_run, run_stages  # noqa: E402
 from storyboard.profiles import resolve_config  # noqa: E402
+
+from helpers import changed, edit_plan, media_hashes  # noqa: E402
 
 IDEA = "A cat who wants to be a judge"
 
