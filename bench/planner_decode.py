@@ -6,6 +6,7 @@ cache / allocator variant:
     expandable   the same with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     static       a StaticCache sized once for prompt + answer, no compile
     compiled     a StaticCache with transformers' automatic compile of the decoding step
+    NAME-4bit    any of these with the weights in nf4 (bitsandbytes), as the gpu profile loads the planner
 
 Each variant runs in its own process (a fresh CUDA allocator), prompt and answer tokens forced as in the
 end-to-end benchmark, sampling settings as the product's planner.
@@ -37,7 +38,12 @@ def child(model_path: Path, variant: str, prompt_tokens: int, new_tokens: int) -
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a rehearsal with a tiny model
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, device_map=device)
+    quant = variant.endswith("-4bit")  # the gpu profile's planner: nf4 weights as the product loads them
+    variant = variant.removesuffix("-4bit")
+    from storyboard.backends.hf_common import bnb_4bit
+
+    extra_load = {"quantization_config": bnb_4bit(torch.bfloat16)} if quant else {}
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, device_map=device, **extra_load)
     load_s = time.perf_counter() - started
     vocab = model.config.vocab_size
     prompt = torch.randint(10, vocab - 10, (1, prompt_tokens), generator=torch.Generator().manual_seed(0)).to(device)
@@ -95,7 +101,7 @@ def main() -> None:
     results: dict[str, Any] = {"gpu": gpu_name(), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "variants": {}}
     for variant in args.variants.split(","):
         env = dict(os.environ)
-        if variant == "expandable":
+        if variant.startswith("expandable"):
             env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
         done = subprocess.run([sys.executable, __file__, "--model", str(args.model), "--child", variant, "--prompt-tokens", str(args.prompt_tokens),
                                "--new-tokens", str(args.new_tokens)], env=env, capture_output=True, text=True)
