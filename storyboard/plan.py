@@ -36,7 +36,6 @@ def make_plan(idea: str, format_name: str, config: dict, seed: int = 0, pool: Ba
     with pool.loaded("planner", Counter()) as planner:
         for attempt in range(1, attempts + 1):
             started = time.monotonic()
-            figures.update(attempts=attempt, seconds=round(time.monotonic() - stage_started, 3))
             try:
                 data = planner.plan(idea, fmt, seed, feedback=feedback)
                 plan = parse_plan(data, source=f"{planner.name} planner output")

@@ -158,11 +158,12 @@ def clips_after_speech(ctx: RunContext, speech: list[Item]) -> list[int]:
     return sorted(numbers)
 
 
-def load_video_early(ctx: RunContext, speech: list[Item]) -> tuple[Future[Any], contextlib.ExitStack] | None:
+def load_video_early(ctx: RunContext, speech: list[Item], stage: contextlib.ExitStack) -> Future[float] | None:
     """Load the video model and encode the prompts of the clips to come on a thread while the speech is voiced (the
-    GPU has room: speech models are small, and the clips' peak comes after). Off unless `video.overlap_speech` is
-    true: with the weights in the page cache the two contend for the GPU and gain nothing (BENCHMARKS.md); it is
-    meant for a load that waits on the disk. None too when the backend has nothing to prepare or its work goes to workers."""
+    GPU has room: speech models are small, and the clips' peak comes after); the model stays open until `stage`
+    closes. Off unless `video.overlap_speech` is true: with the weights in the page cache the two contend for the GPU
+    and gain nothing (BENCHMARKS.md); it is meant for a load that waits on the disk. None too when the backend has
+    nothing to prepare or its work goes to workers. The future gives the seconds the load and prompts took."""
     backend = ctx.backend("video")
     if not hasattr(backend, "prepare") or not ctx.config.get("video", {}).get("overlap_speech", False):
         return None
@@ -173,24 +174,29 @@ def load_video_early(ctx: RunContext, speech: list[Item]) -> tuple[Future[Any], 
 
     def warm() -> float:
         started = time.monotonic()
-        loaded = opened.enter_context(ctx.loaded("video"))
-        loaded.prepare(prompts)
+        opened.enter_context(ctx.loaded("video")).prepare(prompts)
         return time.monotonic() - started
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="video-load")
     future = pool.submit(contextvars.copy_context().run, warm)
     pool.shutdown(wait=False)  # the thread ends when warm() returns
-    return future, opened
+
+    def close() -> None:  # once the thread is done; its error was raised where it was awaited (or the speech failed first)
+        with contextlib.suppress(Exception):
+            future.result()
+        opened.close()
+
+    stage.callback(close)
+    return future
 
 
 def clip_request(ctx: RunContext, item: Item) -> ClipRequest:
     """What the video backend is asked for one clip."""
     plan, n = ctx.plan, item.number
-    prompt = clip_prompt(ctx, n)
     return ClipRequest(
         number=n, renderer=item.inputs["renderer"], image=ctx.rd.image(n, plan.beat_type(n)),
         audio=ctx.rd.audio(n) if item.inputs["audio"] else None, duration=item.inputs["duration"], width=plan.width,
-        height=plan.height, fps=plan.fps, seed=item.inputs["seed"], prompt=prompt,
+        height=plan.height, fps=plan.fps, seed=item.inputs["seed"], prompt=clip_prompt(ctx, n),
         previous_clip=ctx.rd.clip(n - 1, plan.beat_type(n - 1)) if "previous_clip" in item.inputs else None,
     )
 
@@ -218,14 +224,49 @@ def check_clip(path: Path, request: ClipRequest) -> None:
             raise StageError(f"clip audio {info.audio_duration or 0:.2f} s would cut {speech:.2f} s of speech")
 
 
-def _close_early(future: Future[Any], opened: contextlib.ExitStack) -> None:
-    """Release the early-loaded video model once its thread is done (an error there was raised where it was awaited,
-    or is logged here when the speech failed first)."""
-    try:
-        future.result()
-    except Exception as error:  # noqa: BLE001 - the stage is already ending with its own error
-        log.debug("video: early load failed: %s", error)
-    opened.close()
+def voice_pending(ctx: RunContext, result: StageResult, figures: dict[str, Any], stage: contextlib.ExitStack) -> Future[float] | None:
+    """Speech first: its measured length sets each clip's length. The video model may load meanwhile (its future)."""
+    todo = pending(ctx, audio_items(ctx))
+    if not todo:
+        return None
+    ctx.ready_for_work()
+    load_started = time.monotonic()
+    qa_on = getattr(ctx.backend("qa"), "enabled", False)
+    with local_backend(ctx, "tts") as tts, (ctx.loaded("qa") if qa_on and tts is not None else contextlib.nullcontext()):
+        figures["tts_load_s"] = round(time.monotonic() - load_started, 3)  # the recogniser (speech QA) loads with it, once
+        early = load_video_early(ctx, todo, stage)
+        make, workers = producer(ctx, "tts", speak_one, tts)
+        generate(ctx, result, todo, make, lambda item: f"voice {item.number:02d}", workers=workers)
+    return early
+
+
+def animate_pending(ctx: RunContext, result: StageResult, figures: dict[str, Any], early: Future[float] | None) -> None:
+    """Clips, whose keys include the speech and image hashes; one load of the video model (the early one if any)."""
+    todo = pending(ctx, clip_items(ctx))
+    if not todo:
+        return
+    ctx.ready_for_work()
+    load_started = time.monotonic()
+    if early is not None:
+        figures["video_load_overlapped_s"] = round(early.result(), 3)  # load + prompts, beside the speech
+    with local_backend(ctx, "video") as backend:  # the early load stays open: no second load
+        figures["video_load_s"] = round(time.monotonic() - load_started, 3)  # what the clips waited for
+        make, workers = producer(ctx, "video", animate_one, backend)
+        if backend is not None:
+            workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
+            if hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
+                backend.prepare([clip_prompt(ctx, item.number) for item in todo])
+        # An sfx clip that starts from the previous clip's last frame waits for that clip, and its key is taken
+        # only then (it holds the previous clip's hash): rounds of clips whose predecessor is not pending.
+        tried: set[int] = set()
+        while todo:
+            waiting = {item.number for item in todo}
+            ready = [item for item in todo if "previous_clip" not in item.inputs or item.number - 1 not in waiting]
+            generate(ctx, result, ready, make, lambda item: f"clip {item.number:02d}", workers=workers)
+            tried |= {item.number for item in ready}
+            todo = [item for item in pending(ctx, clip_items(ctx)) if item.number not in tried]
+        if backend is not None and hasattr(backend, "stage_figures"):
+            figures.update(backend.stage_figures())
 
 
 def video(ctx: RunContext) -> StageResult:
@@ -233,46 +274,9 @@ def video(ctx: RunContext) -> StageResult:
     result = StageResult("video")
     started = time.monotonic()
     figures: dict[str, Any] = {}
-    # 1. Speech first: its measured length sets each clip's length. The video model loads meanwhile.
-    early: tuple[Future[Any], contextlib.ExitStack] | None = None
     with contextlib.ExitStack() as stage:
-        todo = pending(ctx, audio_items(ctx))
-        if todo:
-            ctx.ready_for_work()
-            load_started = time.monotonic()
-            qa_on = getattr(ctx.backend("qa"), "enabled", False)
-            with local_backend(ctx, "tts") as tts, (ctx.loaded("qa") if qa_on and tts is not None else contextlib.nullcontext()):
-                figures["tts_load_s"] = round(time.monotonic() - load_started, 3)  # the recogniser (speech QA) loads with it, once
-                early = load_video_early(ctx, todo)
-                if early is not None:
-                    stage.callback(_close_early, *early)
-                make, workers = producer(ctx, "tts", speak_one, tts)
-                generate(ctx, result, todo, make, lambda item: f"voice {item.number:02d}", workers=workers)
-        # 2. Clips, whose keys include the speech and image hashes.
-        todo = pending(ctx, clip_items(ctx))
-        if todo:
-            ctx.ready_for_work()
-            load_started = time.monotonic()
-            if early is not None:
-                figures["video_load_overlapped_s"] = round(early[0].result(), 3)  # load + prompts, beside the speech
-            with local_backend(ctx, "video") as backend:  # the early load stays open: no second load
-                figures["video_load_s"] = round(time.monotonic() - load_started, 3)  # what the clips waited for
-                make, workers = producer(ctx, "video", animate_one, backend)
-                if backend is not None:
-                    workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
-                    if hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
-                        backend.prepare([clip_request(ctx, item).prompt for item in todo])
-                # An sfx clip that starts from the previous clip's last frame waits for that clip, and its key is taken
-                # only then (it holds the previous clip's hash): rounds of clips whose predecessor is not pending.
-                tried: set[int] = set()
-                while todo:
-                    waiting = {item.number for item in todo}
-                    ready = [item for item in todo if "previous_clip" not in item.inputs or item.number - 1 not in waiting]
-                    generate(ctx, result, ready, make, lambda item: f"clip {item.number:02d}", workers=workers)
-                    tried |= {item.number for item in ready}
-                    todo = [item for item in pending(ctx, clip_items(ctx)) if item.number not in tried]
-                if backend is not None and hasattr(backend, "stage_figures"):
-                    figures.update(backend.stage_figures())
+        early = voice_pending(ctx, result, figures, stage)
+        animate_pending(ctx, result, figures, early)
     result.loads = ctx.calls["tts.load"] + ctx.calls["video.load"]
     if result.done or result.failed:
         result.seconds = time.monotonic() - started

@@ -171,8 +171,6 @@ class LTX2Video(ClipBackend):
         import time
 
         todo = [p for p in dict.fromkeys(["", *prompts]) if p not in self.embeds]  # "" is the negative prompt of guided presets
-        if todo and self.pipe.text_encoder is None:
-            raise StageError(f"video: {len(todo)} prompt(s) arrived after the text encoder was released: {todo[0][:60]!r}")
         if todo:
             started = time.monotonic()
             for prompt in todo:
