@@ -102,8 +102,11 @@ def load_pretrained(settings: dict[str, Any], ref: str, what: str, model_class: 
         dtype = dtype_of(settings, device)
         extra: dict[str, Any] = {"quantization_config": bnb_4bit(dtype)} if load_in_4bit else {}
         processor = getattr(transformers, processor_class).from_pretrained(path)
-        model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype, device_map=device, **extra)
-    return processor, model.eval()
+        # 4-bit weights quantise as they load onto the GPU; others load on the CPU and move through the pinned stager
+        # (a direct load copies from pageable memory, which stalls whatever else runs on the GPU meanwhile).
+        staged = not load_in_4bit and device.startswith("cuda")
+        model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype, device_map="cpu" if staged else device, **extra)
+    return processor, (to_device(model, device) if staged else model).eval()
 
 
 def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, device: str, shared: dict[str, Any] | None = None) -> Any:
@@ -148,11 +151,84 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
     elif offload == "group":
         pipe.enable_group_offload(onload_device=torch.device(device), offload_type="leaf_level", use_stream=device.startswith("cuda"))
     elif offload == "none":
-        pipe.to(device)
+        to_device(pipe, device)
     else:
         raise PreflightError(f"{what}: offload {offload!r}; choose none, model, group or sequential")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class _Stager:
+    """Two pinned host buffers reused for every weight copy to a GPU. A copy from ordinary (pageable) host memory
+    runs at ~6.5 GiB/s and holds up every kernel queued by other threads until it is done, whatever the stream; a
+    copy from pinned memory runs at ~50 GiB/s beside them (bench/overlap_copy.py, H100). Pinning the weights
+    themselves costs ~1 s per GiB, so they pass through these buffers instead: a CPU copy into one buffer while
+    the other's copy to the GPU runs on a side stream."""
+
+    def __init__(self, slot_bytes: int) -> None:
+        import torch
+
+        self.slot_bytes = slot_bytes
+        self.slots = [torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.done = [torch.cuda.Event(), torch.cuda.Event()]
+        self.turn = 0
+        self.lock = threading.Lock()  # one move at a time per process: they share the buffers (and the bus)
+
+    def copy(self, source: Any, target: Any, stream: Any) -> None:
+        """Bytes of CPU tensor `source` into GPU tensor `target` (same shape and dtype), `slot_bytes` at a time."""
+        src = source.contiguous().reshape(-1).view(_torch().uint8)
+        dst = target.reshape(-1).view(_torch().uint8)
+        for start in range(0, src.numel(), self.slot_bytes):
+            n = min(self.slot_bytes, src.numel() - start)
+            slot, event = self.slots[self.turn], self.done[self.turn]
+            event.synchronize()  # this buffer's previous copy to the GPU has finished
+            slot[:n].copy_(src[start : start + n])
+            with _torch().cuda.stream(stream):
+                dst[start : start + n].copy_(slot[:n], non_blocking=True)
+                event.record(stream)
+            self.turn ^= 1
+
+
+_STAGER: _Stager | None = None
+
+
+def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
+    """`target` (a torch module, or a diffusers pipeline's modules) moved to `device`; to a CUDA device through the
+    pinned stager, so a move on a background thread (the next stage's model) does not stall the GPU work in front.
+    Plain CPU tensors go through the stager; anything else (4-bit parameters, which quantise as they move) is left
+    to the module's own `.to()`, which then also does the bookkeeping (a pipeline's hooks, a model's device)."""
+    global _STAGER
+    torch = _torch()
+    if torch is None or not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return target.to(device)
+    modules = [target] if isinstance(target, torch.nn.Module) else [m for m in getattr(target, "components", {}).values()
+                                                                    if isinstance(m, torch.nn.Module)]
+    if _STAGER is None:
+        _STAGER = _Stager(slot_mib * 2**20)
+    dev = torch.device(device)
+    with _STAGER.lock, torch.cuda.device(dev):
+        stream = torch.cuda.Stream(dev)
+        consumer = torch.cuda.default_stream(dev)
+        moved: dict[int, Any] = {}
+        for module in modules:
+            for owner in module.modules():
+                for table in (owner._parameters, owner._buffers):
+                    for name, tensor in table.items():
+                        if tensor is None or type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.device.type != "cpu":
+                            continue
+                        key = id(tensor)
+                        if key not in moved:  # tied weights move once and stay tied
+                            with torch.cuda.stream(stream):  # from the side stream's own memory: no block another
+                                gpu = torch.empty(tensor.shape, dtype=tensor.dtype, device=dev)  # thread's kernels still read
+                            gpu.record_stream(consumer)  # used on the default stream: freed only after its work there
+                            _STAGER.copy(tensor.data, gpu, stream)
+                            moved[key] = gpu
+                        if isinstance(tensor, torch.nn.Parameter):
+                            tensor.data = moved[key]
+                        else:
+                            table[name] = moved[key]
+        stream.synchronize()
+    return target.to(device)
 
 
 def same_weights(cls: Any, pipe: Any) -> Any:

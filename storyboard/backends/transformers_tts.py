@@ -8,7 +8,7 @@ from typing import Any
 
 from ..rundir import temp_path_for
 from . import BackendBase, VoiceSpec, register
-from .hf_common import LOAD_LOCK, LoadedModel, device_of, free_memory, missing, resolve_model
+from .hf_common import LOAD_LOCK, LoadedModel, device_of, free_memory, missing, resolve_model, to_device
 from .piper_tts import SAMPLE_RATE, finish_take
 
 
@@ -46,7 +46,7 @@ class TransformersTTS(BackendBase, LoadedModel):
                     path = resolve_model(ref, "tts")
                     tokenizer = AutoTokenizer.from_pretrained(path)
                     model = AutoModelForTextToWaveform.from_pretrained(path)
-                self._loaded[ref] = (tokenizer, model.to(device_of(self.settings)).eval())
+                self._loaded[ref] = (tokenizer, to_device(model, device_of(self.settings)).eval())
 
             self.timed_load(load)
         return self._loaded[ref]
