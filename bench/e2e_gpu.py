@@ -198,8 +198,13 @@ MODELS = {"planner": ("llm", llm), "image": ("flux", flux), "judge": ("vlm", vlm
           "video": ("ltx2", ltx2)}
 
 
-def model_paths(root: Path, size: str) -> dict[str, Path]:
-    return {section: root / (f"{name}-{size}.pt" if section == "qa" else f"{name}-{size}") for section, (name, _) in MODELS.items()}
+def model_paths(root: Path, size: str, shm: Path | None = None) -> dict[str, Path]:
+    """Where each section's random model is saved; the image model in `shm` (RAM) when given: with the next stage's
+    models built before each stage (so they can load ahead), the planner and Flux together overfill a 64 GiB disk."""
+    paths = {section: root / (f"{name}-{size}.pt" if section == "qa" else f"{name}-{size}") for section, (name, _) in MODELS.items()}
+    if shm is not None:
+        paths["image"] = shm / paths["image"].name
+    return paths
 
 
 def other_plans() -> list[str]:
@@ -286,6 +291,9 @@ def main() -> None:
     parser.add_argument("--lean", action="store_true", help="delete each stage's models after it (a small disk)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--roomy", action="store_true", help="bf16 everywhere: no 4-bit, fp8 or VAE tiles (80 GB GPUs)")
+    parser.add_argument("--shm", type=Path, help="a RAM folder (e.g. /dev/shm/sb) for the image model")
+    parser.add_argument("--ahead", choices=["auto", "on", "off"], default="auto",
+                        help="the load_ahead setting (off: each stage loads its own models; on: also on the CPU)")
     parser.add_argument("--resume", action="store_true",
                         help="go on with the run (and --json results) an earlier call left under --out: stages split over calls")
     args = parser.parse_args()
@@ -296,8 +304,10 @@ def main() -> None:
     import diffusers
     import torch
 
+    from storyboard import ahead
     from storyboard.backends.hf_common import peak_gib, reset_peak
     from storyboard.backends.template_planner import TemplatePlanner
+    from storyboard.context import BackendPool
     from storyboard.formats import load_format
     from storyboard.pipeline import create_run, run_stages
 
@@ -328,7 +338,7 @@ def main() -> None:
         found = sorted(p for p in runs.glob("*") if (p / "plan.json").is_file())
         assert len(found) == 1, f"--resume wants exactly one run under {runs}, found {found}"
         root = found[0]
-    paths = model_paths(models, args.size)
+    paths = model_paths(models, args.size, args.shm)
     no_ffmpeg = not has_ffmpeg()
     import storyboard.pipeline as pipeline
     from storyboard.preflight import check_backends
@@ -343,16 +353,21 @@ def main() -> None:
         return None
 
     pipeline.preflight = stage_preflight  # type: ignore[assignment]
+    order = args.stages.split(",")
+    config = config_for(paths, args.size, device, args.roomy)
+    config["load_ahead"] = args.ahead
+    pool = BackendPool(config)  # one pool across the stages' calls: what loads ahead in one stage is taken by the next
     with Forced(answers) as forced:
-        for stage in args.stages.split(","):
+        for i, stage in enumerate(order):
             if stage == "render" and no_ffmpeg:
                 results["stages"][stage] = {"skipped": "no ffmpeg on this machine"}
                 continue
             current["stage"] = stage
-            build_started = time.perf_counter()
-            build({x for x in SECTIONS[stage] if not (stage == "judge" and x == "image")}, paths, args.size, device)
+            following = order[i + 1] if i + 1 < len(order) else None
+            build_started = time.perf_counter()  # this stage's models and the next one's (it may load them ahead)
+            wanted = SECTIONS[stage] | (SECTIONS[following] if following and args.ahead != "off" else set())
+            build({x for x in wanted if not (stage == "judge" and x == "image")}, paths, args.size, device)
             build_s = time.perf_counter() - build_started
-            config = config_for(paths, args.size, device, args.roomy)
             if stage == "plan":
                 from transformers import AutoTokenizer
 
@@ -370,20 +385,30 @@ def main() -> None:
             if recorder is not None:
                 recorder.__enter__()
             try:
+                then = (following,) if following and following != "render" else ()
                 if stage == "plan":
-                    root = create_run(IDEA, "drama10", config, runs)
+                    if following:  # as `storyboard run` does: the first stage's models load while the plan is written
+                        pool.after_load = functools.partial(ahead.start, pool, config, following)
+                    root = create_run(IDEA, "drama10", config, runs, pool=pool)
+                    pool.after_load = None
                 else:
                     assert root is not None, "run the plan stage first"
-                    summary = run_stages(root, config, stages=(stage,))
+                    summary = run_stages(root, config, stages=(stage,), pool=pool, then=then)
                     assert summary.status in ("ok", "up to date"), summary
                 sync()
                 wall = time.perf_counter() - started
+                # A load ahead still running when the stage ends is waited for and charged to this stage: the replay
+                # and the next builds below must not hide it (a real run would go on with the next stage meanwhile).
+                ahead_wait = pool.wait_ahead()
+                sync()
+                wall += ahead_wait
             finally:
                 if recorder is not None:
                     recorder.__exit__()
             floor = recorder.replay() if recorder is not None else 0.0  # the stage's models are still referenced by the calls
             manifest = json.loads((root / "run.json").read_text()) if root and (root / "run.json").is_file() else {}
             row = {"wall_s": round(wall, 3), "floor_s": round(floor, 3), "ratio": round(wall / floor, 3) if floor else None,
+                   "ahead_wait_s": round(ahead_wait, 3),
                    "peak_gib": peak_gib(), "build_s_not_counted": round(build_s, 1), "figures": manifest.get("stages", {}).get(stage, {})}
             results["stages"][stage] = row
             print(stage, json.dumps(row), flush=True)
@@ -391,7 +416,7 @@ def main() -> None:
                 args.json.write_text(json.dumps(results, indent=2))
             del recorder
             if args.lean:  # the judge may redraw with the image model: it goes after the judge stage
-                for section in SECTIONS[stage] - ({"image"} if stage == "visual" else set()):
+                for section in SECTIONS[stage] - ({"image"} if stage == "visual" else set()):  # loaded models keep their files open
                     shutil.rmtree(paths[section], ignore_errors=True) if paths[section].is_dir() else paths[section].unlink(missing_ok=True)
     total = sum(r.get("wall_s", 0.0) for r in results["stages"].values())
     floor = sum(r.get("floor_s", 0.0) for r in results["stages"].values())

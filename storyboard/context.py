@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ class BackendPool:
         self.loads: Counter[str] = Counter()
         self._made: dict[str, Any] = {}
         self._open: dict[str, int] = {}
+        self._ahead: dict[str, Future[float]] = {}
+        self.after_load: Callable[[], None] | None = None  # run once after the next load (the next stage's load ahead)
 
     def get(self, capability: str) -> Any:
         """The configured backend (built, not loaded)."""
@@ -60,6 +64,8 @@ class BackendPool:
     def loaded(self, capability: str, calls: Counter[str]) -> Iterator[Any]:
         """The backend with its model loaded (loading it only if it is not already)."""
         backend = self.get(capability)
+        if capability in self._ahead and self._collect(capability):
+            calls[f"{capability}.load"] += 1
         if capability not in self._open:
             started = time.monotonic()
             backend.__enter__()
@@ -67,6 +73,9 @@ class BackendPool:
             self.loads[capability] += 1
             calls[f"{capability}.load"] += 1
             log.info("%s: %s loaded in %.1f s", capability, backend.name, time.monotonic() - started)
+        if self.after_load is not None:
+            then, self.after_load = self.after_load, None
+            then()
         self._open[capability] += 1
         try:
             yield backend
@@ -75,13 +84,70 @@ class BackendPool:
             if not self.hold:
                 self._close(capability)
 
+    def load_ahead(self, jobs: list[tuple[str, Callable[[Any], None] | None]]) -> None:
+        """Load each (capability, then) on a thread, calling `then(backend)` after its load (e.g. encode prompts);
+        the next `loaded(capability)` takes it. A load that fails there is only logged: `loaded` loads again."""
+        todo = [(cap, then) for cap, then in jobs if cap not in self._open and cap not in self._ahead]
+        if not todo:
+            return
+        executor = ThreadPoolExecutor(1, thread_name_prefix="load-ahead")
+        for cap, then in todo:
+            self._ahead[cap] = executor.submit(contextvars.copy_context().run, self._load_one, cap, then)
+        executor.shutdown(wait=False)
+
+    def _load_one(self, capability: str, then: Callable[[Any], None] | None) -> float:
+        backend = self.get(capability)
+        started = time.monotonic()
+        backend.__enter__()
+        try:
+            if then is not None:
+                then(backend)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                backend.__exit__(None, None, None)
+            raise
+        seconds = time.monotonic() - started
+        log.info("%s: %s loaded ahead in %.1f s", capability, backend.name, seconds)
+        return seconds
+
+    def _collect(self, capability: str) -> bool:
+        """Wait for `capability`'s load ahead; True when it is loaded and now open."""
+        future = self._ahead.pop(capability)
+        try:
+            future.result()
+        except Exception as error:  # noqa: BLE001 - the stage loads it again and reports its own error
+            log.warning("%s: loading ahead failed (%s: %s); loading it now", capability, type(error).__name__, error)
+            return False
+        self._open[capability] = 0
+        self.loads[capability] += 1
+        return True
+
+    def wait_ahead(self) -> float:
+        """Wait for every load ahead still running; the seconds waited."""
+        started = time.monotonic()
+        for future in list(self._ahead.values()):
+            with contextlib.suppress(Exception):
+                future.result()
+        return time.monotonic() - started
+
+    def drop_ahead(self, capabilities: Iterable[str] | None = None, keep: Iterable[str] = ()) -> None:
+        """Free models loaded ahead that no stage took (the stage had nothing to do, or the run stopped): those of
+        `capabilities` (default all) but `keep`."""
+        chosen = list(self._ahead) if capabilities is None else [c for c in capabilities if c in self._ahead]
+        for capability in [c for c in chosen if c not in set(keep)]:
+            future = self._ahead.pop(capability)
+            with contextlib.suppress(Exception):
+                future.result()
+                self._made[capability].__exit__(None, None, None)
+
     def _close(self, capability: str) -> None:
         if capability in self._open and self._open[capability] == 0:
             del self._open[capability]
             self._made[capability].__exit__(None, None, None)
 
     def release(self) -> None:
-        """Free every loaded model (end of a batch stage)."""
+        """Free every loaded model (end of a batch stage), those loaded ahead too."""
+        self.drop_ahead()
         for capability in list(self._open):
             self._close(capability)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import time
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import ahead
 from .context import BackendPool, RunContext, StageResult, parse_beat_list
 from .distribute import Workers, make_workers
 from .errors import InputError, StageError
@@ -139,14 +141,23 @@ def run_stages(
     stages: tuple[str, ...] = STAGES,
     only_beat: int | None = None,
     workers: Workers | None = None,
+    pool: BackendPool | None = None,
+    then: tuple[str, ...] = (),
 ) -> RunSummary:
-    """Run `stages` on an existing run directory under its lock (beats on `workers` when given)."""
+    """Run `stages` on an existing run directory under its lock (beats on `workers` when given). Each stage's
+    successor, `then` after the last, loads its models ahead when there is room (ahead.py); what `then` loaded
+    ahead stays in `pool` for the caller's next call."""
     started = time.monotonic()
     summary = RunSummary(run_dir=str(root))
     if not root.is_dir():
         raise InputError(f"{root}: no such run directory")
+    ahead.mode(config)  # a bad setting fails here, not on the thread that loads ahead
     with RunLock(root), run_log(RunDir(root)):
-        ctx = open_run(root, config, reporter=reporter, keep_going=keep_going, workers=workers)
+        ctx = open_run(root, config, reporter=reporter, keep_going=keep_going, pool=pool, workers=workers)
+        assert ctx.pool is not None
+        distributed = frozenset(workers.distributes) if workers is not None else frozenset()
+        following = dict(zip((*stages, *then), (*stages, *then)[1:], strict=False))
+        kept: list[str] = []
         force_render = False
         if regen:
             beats = parse_beat_list(regen, len(ctx.plan.beats))
@@ -161,16 +172,23 @@ def run_stages(
         results: list[StageResult] = []
         try:
             for name in stages:
+                nxt = following.get(name)
+                if nxt and not ctx.pool.hold:  # once this stage has its model: the next stage's, on a thread
+                    ctx.pool.after_load = functools.partial(ahead.start, ctx.pool, config, nxt, ctx, distributed)
                 try:
                     result = stage_runner(ctx, name, force_render=force_render, only_beat=only_beat, check_failures=False)
                 finally:
+                    ctx.pool.after_load = None
+                    ctx.pool.drop_ahead([cap for cap, _ in ahead.jobs_for(name, config)])  # loaded ahead, not taken
                     if workers is not None:
                         workers.release()  # the next stage's model needs the GPU
                 results.append(result)
                 summary.stages[name] = {"done": sorted(result.done), "failed": result.failed, "seconds": round(result.seconds, 3), "loads": result.loads}
                 if result.failed:
                     raise StageError(f"{name}: beats failed: " + "; ".join(f"{n}: {why}" for n, why in sorted(result.failed.items())))
+            kept = [cap for cap, _ in ahead.jobs_for(then[0], config)] if then else []
         finally:
+            ctx.pool.drop_ahead(keep=kept)
             summary.calls = dict(ctx.calls)
             summary.seconds = round(time.monotonic() - started, 3)
         if RunDir(root).final.is_file():
@@ -203,12 +221,17 @@ def run(
     if directory is not None and profile is None:
         profile = saved_profile(directory)
     config = resolve_config(profile, overrides)
-    root = create_run(idea, format_name, config, out, seed) if idea is not None else directory
-    assert root is not None
+    ahead.mode(config)
     stages = tuple(s for s in STAGES if with_judge or s != "judge") + (("review",) if with_review else ())
     workers = make_workers(config, ray, gpus)
+    pool = BackendPool(config)
+    distributed = frozenset(workers.distributes) if workers is not None else frozenset()
+    pool.after_load = functools.partial(ahead.start, pool, config, stages[0], None, distributed)  # while the plan is written
     try:
-        return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter, stages=stages, workers=workers)
+        root = create_run(idea, format_name, config, out, seed, pool) if idea is not None else directory
+        assert root is not None
+        return run_stages(root, config, regen=regen, keep_going=keep_going, reporter=reporter, stages=stages, workers=workers, pool=pool)
     finally:
+        pool.drop_ahead()
         if workers is not None:
             workers.close()

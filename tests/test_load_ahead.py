@@ -1,0 +1,116 @@
+"""Loading the next stage's models while the current stage works (storyboard/ahead.py, BackendPool.load_ahead)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storyboard import ahead
+from storyboard.backends import register
+from storyboard.backends.heuristic_judge import HeuristicJudge
+from storyboard.context import BackendPool
+from storyboard.errors import InputError
+from storyboard.pipeline import STAGES, create_run, run_stages
+
+IDEA = "A cat who wants to be a judge"
+EVENTS: list[tuple[str, str]] = []  # (what, thread name)
+FAIL_NEXT_ENTER: list[bool] = []
+
+
+@register("judge", "spy")
+class SpyJudge(HeuristicJudge):
+    """The heuristic judge, noting on which thread it loads and when it is freed; fails one load on request."""
+
+    name = "spy"
+
+    def __enter__(self) -> SpyJudge:
+        EVENTS.append(("enter", threading.current_thread().name))
+        if FAIL_NEXT_ENTER:
+            FAIL_NEXT_ENTER.pop()
+            raise RuntimeError("out of memory (test)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        EVENTS.append(("exit", threading.current_thread().name))
+
+
+@pytest.fixture
+def spy_config(config: dict) -> dict:
+    EVENTS.clear()
+    FAIL_NEXT_ENTER.clear()
+    config["judge"] = {"backend": "spy"}
+    return config
+
+
+def fresh_run(tmp_path: Path, config: dict) -> Path:
+    return create_run(IDEA, "drama10", config, tmp_path)
+
+
+def test_the_next_stage_loads_ahead_on_a_thread_once(tmp_path: Path, spy_config: dict) -> None:
+    spy_config["load_ahead"] = "on"
+    summary = run_stages(fresh_run(tmp_path, spy_config), spy_config, stages=STAGES)
+    assert summary.status == "ok" and summary.final
+    enters = [thread for what, thread in EVENTS if what == "enter"]
+    assert len(enters) == 1 and enters[0].startswith("load-ahead")  # loaded while the visual stage drew
+    assert [what for what, _ in EVENTS] == ["enter", "exit"]  # freed once, after the judge stage
+    assert summary.calls["judge.load"] == 1 and summary.calls["tts.load"] == 1
+
+
+def test_auto_loads_nothing_ahead_without_a_gpu(tmp_path: Path, spy_config: dict) -> None:
+    summary = run_stages(fresh_run(tmp_path, spy_config), spy_config, stages=("visual", "judge"))
+    assert summary.status == "ok"
+    assert [thread for what, thread in EVENTS if what == "enter"] == ["MainThread"]
+
+
+def test_a_load_ahead_that_fails_is_loaded_again_by_its_stage(tmp_path: Path, spy_config: dict, caplog: pytest.LogCaptureFixture) -> None:
+    spy_config["load_ahead"] = "on"
+    FAIL_NEXT_ENTER.append(True)
+    summary = run_stages(fresh_run(tmp_path, spy_config), spy_config, stages=("visual", "judge"))
+    assert summary.status == "ok"
+    enters = [thread for what, thread in EVENTS if what == "enter"]
+    assert enters[0].startswith("load-ahead") and enters[1] == "MainThread"
+    assert "loading ahead failed (RuntimeError: out of memory (test)); loading it now" in caplog.text
+    assert summary.calls["judge.load"] == 1
+
+
+def test_what_a_later_call_will_run_stays_loaded_in_the_pool_and_is_freed_if_unused(tmp_path: Path, spy_config: dict) -> None:
+    spy_config["load_ahead"] = "on"
+    root = fresh_run(tmp_path, spy_config)
+    pool = BackendPool(spy_config)
+    run_stages(root, spy_config, stages=("visual",), then=("judge",), pool=pool)
+    assert [what for what, _ in EVENTS] == ["enter"]  # kept for the next call
+    summary = run_stages(root, spy_config, stages=("judge",), pool=pool)
+    assert summary.calls["judge.load"] == 1 and [what for what, _ in EVENTS] == ["enter", "exit"]
+    EVENTS.clear()
+    (root / "beats").joinpath("beat_03_refusal.png").unlink()  # the visual stage has work again
+    run_stages(root, spy_config, stages=("visual",), then=("judge",), pool=pool)
+    pool.drop_ahead()  # the caller changed its mind: nothing takes the judge
+    assert [what for what, _ in EVENTS] == ["enter", "exit"]
+
+
+def test_a_bad_load_ahead_setting_names_the_field(tmp_path: Path, spy_config: dict) -> None:
+    root = fresh_run(tmp_path, spy_config)
+    spy_config["load_ahead"] = "sometimes"
+    with pytest.raises(InputError, match="load_ahead: 'sometimes'; choose auto, on or off"):
+        run_stages(root, spy_config, stages=("visual",))
+
+
+def test_auto_loads_ahead_only_what_fits_beside_the_headroom(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"\0" * 3 * 2**20)
+    (weights / "notes.txt").write_bytes(b"\0" * 50 * 2**20)  # not weights: not counted
+    config: dict[str, Any] = {"judge": {"backend": "vlm", "model": str(weights)}, "load_ahead_headroom_gib": 1 / 1024}
+    pool = BackendPool(config)
+    assert ahead.weights_bytes(pool.get("judge")) == 3 * 2**20
+    started: list[Any] = []
+    monkeypatch.setattr(pool, "load_ahead", started.append)
+    monkeypatch.setattr(ahead, "gpu_room", lambda device: 4 * 2**20 - 1)  # 3 MiB + 1 MiB headroom does not fit
+    ahead.start(pool, config, "judge")
+    assert started == []
+    monkeypatch.setattr(ahead, "gpu_room", lambda device: 4 * 2**20)
+    ahead.start(pool, config, "judge")
+    assert started == [[("judge", None)]]
