@@ -28,6 +28,7 @@ import functools
 import json
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ class Recorder:
         @functools.wraps(real)  # the backends read the signature (which arguments the pipeline takes)
         def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
             outer = getattr(recorder.depth, "n", 0) == 0  # a pipeline calling generate inside is one call
-            if outer:  # with its context: the line whisper is forced to hear is a context variable
+            warm_up = threading.current_thread().name.startswith("load-ahead")  # the next stage's warm-up call
+            if outer and not warm_up:  # with its context: the line whisper is forced to hear is a context variable
                 recorder.calls.append((contextvars.copy_context(), real, obj, args, dict(kwargs)))
             recorder.depth.n = getattr(recorder.depth, "n", 0) + 1
             try:
@@ -357,6 +359,23 @@ def main() -> None:
     config = config_for(paths, args.size, device, args.roomy)
     config["load_ahead"] = args.ahead
     pool = BackendPool(config)  # one pool across the stages' calls: what loads ahead in one stage is taken by the next
+    pending: list[tuple[str, Any, float, float, float | None, float]] = []
+
+    def finish(stage: str, recorder: Any, wall: float, ahead_wait: float, peak: float | None, build_s: float) -> None:
+        """Replay the stage's calls bare (its models are still referenced by them), report it, delete its models."""
+        floor = recorder.replay() if recorder is not None else 0.0
+        manifest = json.loads((root / "run.json").read_text()) if root and (root / "run.json").is_file() else {}
+        row = {"wall_s": round(wall, 3), "floor_s": round(floor, 3), "ratio": round(wall / floor, 3) if floor else None,
+               "ahead_wait_s": round(ahead_wait, 3), "peak_gib": peak, "build_s_not_counted": round(build_s, 1),
+               "figures": manifest.get("stages", {}).get(stage, {})}
+        results["stages"][stage] = row
+        print(stage, json.dumps(row), flush=True)
+        if args.json:  # each stage kept at once: a call cut off at its time limit still leaves the stages it ran
+            args.json.write_text(json.dumps(results, indent=2))
+        if args.lean:  # the judge may redraw with the image model: it goes after the judge stage
+            for section in SECTIONS[stage] - ({"image"} if stage == "visual" else set()):  # loaded models keep their files open
+                shutil.rmtree(paths[section], ignore_errors=True) if paths[section].is_dir() else paths[section].unlink(missing_ok=True)
+
     with Forced(answers) as forced:
         for i, stage in enumerate(order):
             if stage == "render" and no_ffmpeg:
@@ -374,7 +393,7 @@ def main() -> None:
                 forced.tokenizers["Qwen2ForCausalLM"] = tok = AutoTokenizer.from_pretrained(paths["planner"])
                 answer = answers["Qwen2ForCausalLM"]
                 results["plan_tokens"] = {"characters": len(answer), "tokens": len(tok(answer, add_special_tokens=False)["input_ids"])}
-            if stage == "judge":
+            if paths["judge"].exists() and "LlavaForConditionalGeneration" not in forced.tokenizers:  # it may load ahead
                 from transformers import AutoProcessor
 
                 forced.tokenizers["LlavaForConditionalGeneration"] = AutoProcessor.from_pretrained(paths["judge"]).tokenizer
@@ -397,27 +416,24 @@ def main() -> None:
                     assert summary.status in ("ok", "up to date"), summary
                 sync()
                 wall = time.perf_counter() - started
-                # A load ahead still running when the stage ends is waited for and charged to this stage: the replay
-                # and the next builds below must not hide it (a real run would go on with the next stage meanwhile).
-                ahead_wait = pool.wait_ahead()
+                # A load ahead still running when the stage ends: when the next stage needs no model built, it starts
+                # at once, as in `storyboard run`, and this stage's replay waits until after it. Otherwise the load is
+                # waited for and charged to this stage, so the replay and the builds between stages do not hide it.
+                after = order[i + 2] if i + 2 < len(order) else None
+                go_on = following is not None and pool.loading_ahead() and all(
+                    paths[x].exists() for x in SECTIONS[following] | (SECTIONS[after] if after else set()))
+                ahead_wait = 0.0 if go_on else pool.wait_ahead()
                 sync()
                 wall += ahead_wait
             finally:
                 if recorder is not None:
                     recorder.__exit__()
-            floor = recorder.replay() if recorder is not None else 0.0  # the stage's models are still referenced by the calls
-            manifest = json.loads((root / "run.json").read_text()) if root and (root / "run.json").is_file() else {}
-            row = {"wall_s": round(wall, 3), "floor_s": round(floor, 3), "ratio": round(wall / floor, 3) if floor else None,
-                   "ahead_wait_s": round(ahead_wait, 3),
-                   "peak_gib": peak_gib(), "build_s_not_counted": round(build_s, 1), "figures": manifest.get("stages", {}).get(stage, {})}
-            results["stages"][stage] = row
-            print(stage, json.dumps(row), flush=True)
-            if args.json:  # each stage kept at once: a call cut off at its time limit still leaves the stages it ran
-                args.json.write_text(json.dumps(results, indent=2))
-            del recorder
-            if args.lean:  # the judge may redraw with the image model: it goes after the judge stage
-                for section in SECTIONS[stage] - ({"image"} if stage == "visual" else set()):  # loaded models keep their files open
-                    shutil.rmtree(paths[section], ignore_errors=True) if paths[section].is_dir() else paths[section].unlink(missing_ok=True)
+            pending.append((stage, recorder, wall, ahead_wait, peak_gib(), build_s))
+            if go_on:
+                continue
+            for done, done_recorder, done_wall, done_wait, done_peak, done_build in pending:
+                finish(done, done_recorder, done_wall, done_wait, done_peak, done_build)
+            pending.clear()
     total = sum(r.get("wall_s", 0.0) for r in results["stages"].values())
     floor = sum(r.get("floor_s", 0.0) for r in results["stages"].values())
     results.update({"total_s": round(total, 3), "floor_s": round(floor, 3), "ratio": round(total / floor, 3) if floor else None,

@@ -106,9 +106,19 @@ class BackendPool:
             with contextlib.suppress(Exception):
                 backend.__exit__(None, None, None)
             raise
+        warm = getattr(backend, "warm", None)
+        if warm is not None:  # one small call: the stage's first item does not pay for loading the GPU kernels
+            try:
+                warm()
+            except Exception as error:  # noqa: BLE001 - only the first call gets slower
+                log.warning("%s: warm-up call failed (%s: %s); the first call will be slower", capability, type(error).__name__, error)
         seconds = time.monotonic() - started
         log.info("%s: %s loaded ahead in %.1f s", capability, backend.name, seconds)
         return seconds
+
+    def loading_ahead(self) -> bool:
+        """True while a load ahead is still running."""
+        return any(not future.done() for future in self._ahead.values())
 
     def _collect(self, capability: str) -> bool:
         """Wait for `capability`'s load ahead; True when it is loaded and now open."""

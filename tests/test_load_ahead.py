@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,58 @@ def test_auto_loads_ahead_only_what_fits_beside_the_headroom(monkeypatch: pytest
     monkeypatch.setattr(ahead, "gpu_room", lambda device: 4 * 2**20)
     ahead.start(pool, config, "judge")
     assert started == [[("judge", None)]]
+
+
+def test_models_loaded_ahead_and_warmed_make_the_same_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The image, judge and video backends load ahead and make their warm-up calls; the beats and voices come out
+    byte for byte as when each stage loads its own model."""
+    pytest.importorskip("diffusers")
+    import hashlib
+    import logging
+
+    import tiny_models
+
+    from storyboard.profiles import resolve_config
+
+    models = tmp_path / "models"
+    sections = {
+        "image": {"backend": "diffusers", "model": str(tiny_models.flux(models / "flux")), "device": "cpu", "edit": "img2img",
+                  "presets": {"draft": {"steps": 2, "long_side": None}}},
+        "judge": {"backend": "vlm", "model": str(tiny_models.vlm(models / "vlm")), "device": "cpu", "max_retries": 0, "max_new_tokens": 4},
+        "video": {"backend": "ltx2", "model": str(tiny_models.ltx2(models / "ltx2")), "device": "cpu", "max_sequence_length": 32,
+                  "presets": {"distilled": {"long_side": 64}}},
+    }
+    made: dict[str, dict[str, str]] = {}
+    caplog.set_level(logging.INFO, logger="storyboard")
+    for setting in ("off", "on"):
+        config = {**resolve_config("offline", sections), "load_ahead": setting}
+        pool = BackendPool(config)  # as `storyboard run` does: the image model loads while the plan is written
+        pool.after_load = functools.partial(ahead.start, pool, config, "visual")
+        root = create_run(IDEA, "explainer5", config, tmp_path / setting, pool=pool)
+        summary = run_stages(root, config, pool=pool)
+        assert summary.status == "ok", summary
+        made[setting] = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                         for folder in ("beats", "audio") for p in sorted((root / folder).iterdir())}
+    assert made["on"] == made["off"] and len(made["on"]) > 6
+    for capability, name in (("image", "diffusers"), ("judge", "vlm"), ("tts", "piper"), ("video", "ltx2")):
+        assert f"{capability}: {name} loaded ahead" in caplog.text
+    assert "warm-up call failed" not in caplog.text
+
+
+def test_warming_the_voice_and_the_recogniser_changes_no_take(tmp_path: Path) -> None:
+    pytest.importorskip("whisper")
+    import tiny_models
+
+    from storyboard.backends import VoiceSpec, create
+
+    tts = create("tts", {"backend": "transformers", "model": str(tiny_models.vits(tmp_path / "vits")), "device": "cpu"})
+    qa = create("qa", {"backend": "whisper", "model": str(tiny_models.whisper_checkpoint(tmp_path / "whisper.pt")), "device": "cpu"})
+    voice = VoiceSpec(voice="default", pitch=0.0, speed=1.0)
+    with tts, qa:
+        tts.speak("Hi there.", voice, "en", 7, tmp_path / "before.wav")
+        heard = qa.transcribe(tmp_path / "before.wav", "en")
+        tts.warm()
+        qa.warm()
+        tts.speak("Hi there.", voice, "en", 7, tmp_path / "after.wav")
+        assert (tmp_path / "after.wav").read_bytes() == (tmp_path / "before.wav").read_bytes()
+        assert qa.transcribe(tmp_path / "after.wav", "en") == heard

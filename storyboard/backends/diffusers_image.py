@@ -150,6 +150,26 @@ class DiffusersImage(BackendBase, LoadedModel):
         self.pipe = self.edit_pipe = None
         free_memory()
 
+    def warm(self) -> None:
+        """One small call of each pipeline (a step at ~256 px): loads the GPU kernels before the first beat."""
+        import torch
+        from PIL import Image
+
+        family = self.family()
+        multiple = FAMILIES[family]["multiple"]
+        side = multiple * max(1, 256 // multiple)
+        for pipe in (self.pipe, self.edit_pipe):
+            if pipe is None:
+                continue
+            accepted = _accepts(pipe)
+            kwargs: dict[str, Any] = {"prompt": "warm up", "width": side, "height": side, "num_inference_steps": 1,
+                                      "generator": torch.Generator("cpu").manual_seed(0)}
+            if pipe is self.edit_pipe and "image" in accepted:
+                kwargs["image"] = Image.new("RGB", (side, side), "gray")
+                if "strength" in accepted:  # img2img runs steps x strength steps: at least one
+                    kwargs.update(strength=1.0)
+            pipe(**{k: v for k, v in kwargs.items() if k in accepted})
+
     # -- draw -------------------------------------------------------------------------------------------
     def _call(self, pipe: Any, family: str, request: ImageRequest, prompt: str, image: Any = None) -> Any:
         """One pipeline call at the preset's size and steps; the size that came back is checked."""

@@ -197,6 +197,21 @@ class LTX2Video(ClipBackend):
         self.figures["to_gpu_s"] = round(time.monotonic() - started, 3)
         self.figures["after_prompts_gib"] = in_use_gib()
 
+    def warm(self) -> None:
+        """One step of a tiny image-to-video call once the model is on its device (after prepare()): loads the GPU
+        kernels before the first clip. Skipped while the components still wait on the CPU."""
+        import torch
+        from PIL import Image
+
+        if self.deferred or "" not in self.embeds:
+            return
+        side = self.multiple * 2
+        call = {"image": Image.new("RGB", (side, side), "gray"), "num_frames": self.temporal() + 1, "height": side, "width": side,
+                "frame_rate": 24.0, "num_inference_steps": 1, "guidance_scale": 1.0, "audio_guidance_scale": 1.0,
+                "generator": torch.Generator("cpu").manual_seed(0), "output_type": "pt", **PASSES_OFF, **self._prompt_kwargs("", False)}
+        with self.gpu:
+            self.pipe(**call)
+
     # -- animate -----------------------------------------------------------------------------------------
     def speech_latents(self, speech: np.ndarray) -> Any:
         """Audio-VAE latents (1, C, T, M) of (2, n) speech at the VAE's rate."""

@@ -76,6 +76,13 @@ class WhisperQA(BackendBase, LoadedModel):
         self.model = None
         free_memory()
 
+    def warm(self) -> None:
+        """Two seconds of silence recognised: loads the GPU kernels before the first take is checked."""
+        import numpy as np
+
+        self.model.transcribe(np.zeros(32000, dtype=np.float32), language="en", task="transcribe", temperature=0.0,
+                              condition_on_previous_text=False, fp16=self.model.device.type == "cuda", sample_len=8, verbose=None)
+
     def transcribe(self, wav: Path, language: str) -> str:
         """Text heard in `wav`, recognised in the line's own language (a forced wrong one translates)."""
         from .. import media

@@ -30,19 +30,29 @@ class VLMJudge(TransformersBackend, BackendBase):
 
     def answer(self, image: Path, prompt: str) -> str:
         """The model's free-text answer about one image."""
-        import torch
         from PIL import Image
 
         with Image.open(image) as img:
             picture = img.convert("RGB")
         picture.thumbnail((self.max_side, self.max_side))
+        return self._ask(picture, prompt, self.max_new_tokens)
+
+    def warm(self) -> None:
+        """One short question about a blank picture: loads the GPU kernels before the first beat."""
+        from PIL import Image
+
+        self._ask(Image.new("RGB", (64, 64), "gray"), "Is this picture blank?", 1)
+
+    def _ask(self, picture: Any, prompt: str, max_new_tokens: int) -> str:
+        import torch
+
         messages = [{"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": prompt}]}]
         inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def judge(self, image: Path, request: ImageRequest) -> Verdict:
