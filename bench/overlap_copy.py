@@ -106,7 +106,7 @@ def main() -> None:
     for slot_mib in (64, 256):
         import storyboard.backends.hf_common as hf
 
-        hf._STAGER = None
+        hf._STAGERS.clear()
         module = torch.nn.ParameterList([torch.nn.Parameter(t, requires_grad=False) for t in host])
         started = time.perf_counter()
         to_device(module, "cuda", slot_mib=slot_mib)

@@ -14,14 +14,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_to_device_moves_values_ties_and_buffers_through_small_slots() -> None:
     from storyboard.backends import hf_common
 
-    hf_common._STAGER = None
+    hf_common._STAGERS.clear()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(1000, 96), torch.nn.LayerNorm(96), torch.nn.Linear(96, 1000, bias=False))
     model[2].weight = model[0].weight  # tied, as a language model's head and embedding
     model.register_buffer("odd", torch.arange(7, dtype=torch.int64))
     model = model.to(torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    hf_common._STAGER = hf_common._Stager(1024)  # slots of 1 KiB: big tensors span many copies through both slots
+    hf_common._STAGERS[torch.cuda.current_device()] = hf_common._Stager(1024)  # 1 KiB slots: tensors span many copies
     hf_common.to_device(model, "cuda")
     model2 = torch.nn.Linear(300, 300).to(torch.bfloat16)
     expect = model2.weight.detach().clone()
@@ -36,7 +36,7 @@ def test_to_device_moves_values_ties_and_buffers_through_small_slots() -> None:
 def test_to_device_on_a_thread_beside_gpu_work_gives_both_right_answers() -> None:
     from storyboard.backends import hf_common
 
-    hf_common._STAGER = None
+    hf_common._STAGERS.clear()
     model = torch.nn.Linear(2048, 2048).to(torch.bfloat16)
     expect = model.weight.detach().clone()
     a = torch.randn(2048, 2048, device="cuda")

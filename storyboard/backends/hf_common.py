@@ -189,7 +189,8 @@ class _Stager:
             self.turn ^= 1
 
 
-_STAGER: _Stager | None = None
+_STAGERS: dict[int, _Stager] = {}  # per GPU: a buffer's event belongs to the device it was first recorded on
+_STAGERS_LOCK = threading.Lock()
 
 
 def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
@@ -197,16 +198,20 @@ def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
     pinned stager, so a move on a background thread (the next stage's model) does not stall the GPU work in front.
     Plain CPU tensors go through the stager; anything else (4-bit parameters, which quantise as they move) is left
     to the module's own `.to()`, which then also does the bookkeeping (a pipeline's hooks, a model's device)."""
-    global _STAGER
     torch = _torch()
     if torch is None or not str(device).startswith("cuda") or not torch.cuda.is_available():
         return target.to(device)
     modules = [target] if isinstance(target, torch.nn.Module) else [m for m in getattr(target, "components", {}).values()
                                                                     if isinstance(m, torch.nn.Module)]
-    if _STAGER is None:
-        _STAGER = _Stager(slot_mib * 2**20)
     dev = torch.device(device)
-    with _STAGER.lock, torch.cuda.device(dev):
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    dev = torch.device("cuda", index)
+    with _STAGERS_LOCK:
+        if index not in _STAGERS:
+            with torch.cuda.device(dev):
+                _STAGERS[index] = _Stager(slot_mib * 2**20)
+        stager = _STAGERS[index]
+    with stager.lock, torch.cuda.device(dev):
         stream = torch.cuda.Stream(dev)
         consumer = torch.cuda.default_stream(dev)
         moved: dict[int, Any] = {}
@@ -221,7 +226,7 @@ def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
                             with torch.cuda.stream(stream):  # from the side stream's own memory: no block another
                                 gpu = torch.empty(tensor.shape, dtype=tensor.dtype, device=dev)  # thread's kernels still read
                             gpu.record_stream(consumer)  # used on the default stream: freed only after its work there
-                            _STAGER.copy(tensor.data, gpu, stream)
+                            stager.copy(tensor.data, gpu, stream)
                             moved[key] = gpu
                         if isinstance(tensor, torch.nn.Parameter):
                             tensor.data = moved[key]
