@@ -28,7 +28,6 @@ import functools
 import json
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_image import gpu_name, sync  # noqa: E402
 from bench.random_models import flux, llm, ltx2, report, vits, vlm, whisper_checkpoint  # noqa: E402
+from storyboard.context import warming  # noqa: E402
 
 IDEA = "A cat who wants to be a judge"
 SECTIONS = {"plan": {"planner"}, "visual": {"image"}, "judge": {"judge", "image"}, "video": {"tts", "qa", "video"}, "render": set()}
@@ -147,8 +147,7 @@ class Recorder:
         @functools.wraps(real)  # the backends read the signature (which arguments the pipeline takes)
         def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
             outer = getattr(recorder.depth, "n", 0) == 0  # a pipeline calling generate inside is one call
-            warm_up = threading.current_thread().name.startswith("load-ahead")  # the next stage's warm-up call
-            if outer and not warm_up:  # with its context: the line whisper is forced to hear is a context variable
+            if outer and not warming():  # a warm-up call after a load ahead is no call of the short  # with its context: the line whisper is forced to hear is a context variable
                 recorder.calls.append((contextvars.copy_context(), real, obj, args, dict(kwargs)))
             recorder.depth.n = getattr(recorder.depth, "n", 0) + 1
             try:

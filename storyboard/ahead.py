@@ -32,8 +32,9 @@ def mode(config: dict[str, Any]) -> str:
     return value
 
 
-def jobs_for(stage: str, config: dict[str, Any], ctx: Any = None) -> list[Job]:
-    """What `stage` loads, as (capability, then-prepare) pairs; the video backend's prompts need the run (`ctx`)."""
+def jobs_for(stage: str, config: dict[str, Any], ctx: Any = None, pool: Any = None) -> list[Job]:
+    """What `stage` loads, as (capability, then-prepare) pairs; with the run (`ctx`) and its pool, the video stage
+    also voices its pending lines ahead (they depend on the plan only) and encodes its prompts."""
     if stage == "visual":
         return [("image", None)]
     if stage == "judge":
@@ -41,9 +42,19 @@ def jobs_for(stage: str, config: dict[str, Any], ctx: Any = None) -> list[Job]:
     if stage != "video":
         return []
     jobs: list[Job] = [("tts", None)]
-    if str(config.get("qa", {}).get("backend", "none")) != "none":
+    qa_on = str(config.get("qa", {}).get("backend", "none")) != "none"
+    if qa_on:
         jobs.append(("qa", None))
     prepare = None
+    if ctx is not None and pool is not None:
+
+        def speech(_: Any) -> None:  # the voices loaded just before, on this thread; else the stage voices them
+            if pool.ready_ahead("tts") and (not qa_on or pool.ready_ahead("qa")):
+                from .video import voice_ahead
+
+                voice_ahead(ctx, pool.get("tts"), pool.get("qa") if qa_on else None)
+
+        jobs.append(("work:speech", speech))
     if ctx is not None:
         from .video import clip_prompt
 
@@ -91,11 +102,11 @@ def gpu_room(device: str) -> int | None:
 def start(pool: Any, config: dict[str, Any], stage: str, ctx: Any = None, distributed: frozenset[str] = frozenset()) -> None:
     """Load `stage`'s backends ahead on `pool`, if the config and (under auto) the GPU's free memory allow."""
     setting = mode(config)
-    jobs = [(cap, then) for cap, then in jobs_for(stage, config, ctx) if cap not in distributed]
+    jobs = [(cap, then) for cap, then in jobs_for(stage, config, ctx, pool) if (cap if cap != "work:speech" else "tts") not in distributed]
     if setting == "off" or not jobs:
         return
     if setting == "auto":
-        sizes = [weights_bytes(pool.get(cap)) for cap, _ in jobs]
+        sizes = [weights_bytes(pool.get(cap)) for cap, _ in jobs if not cap.startswith("work:")]
         room = gpu_room(str(config.get("device", "auto")))
         headroom = float(config.get("load_ahead_headroom_gib", 8)) * 2**30
         if room is None or any(size is None for size in sizes):

@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +23,12 @@ from .rundir import RunDir
 from .schema import Plan, load_plan
 
 log = logging.getLogger("storyboard")
+_WARMING = threading.local()
+
+
+def warming() -> bool:
+    """True inside a backend's warm-up call (benchmarks leave those calls out of their floor)."""
+    return bool(getattr(_WARMING, "on", False))
 
 
 @dataclass
@@ -52,6 +59,7 @@ class BackendPool:
         self._made: dict[str, Any] = {}
         self._open: dict[str, int] = {}
         self._ahead: dict[str, Future[float]] = {}
+        self._work: dict[str, Future[Any]] = {}  # work done ahead (e.g. the video stage's speech)
         self.after_load: Callable[[], None] | None = None  # run once after the next load (the next stage's load ahead)
 
     def get(self, capability: str) -> Any:
@@ -85,15 +93,35 @@ class BackendPool:
                 self._close(capability)
 
     def load_ahead(self, jobs: list[tuple[str, Callable[[Any], None] | None]]) -> None:
-        """Load each (capability, then) on a thread, calling `then(backend)` after its load (e.g. encode prompts);
-        the next `loaded(capability)` takes it. A load that fails there is only logged: `loaded` loads again."""
-        todo = [(cap, then) for cap, then in jobs if cap not in self._open and cap not in self._ahead]
+        """Load each (capability, then) in order on one thread, calling `then(backend)` after its load (e.g. encode
+        prompts); the next `loaded(capability)` takes it. A load that fails there is only logged: `loaded` loads
+        again. A job named `work:NAME` is no load: `then(None)` runs in its turn, and `wait_work(NAME)` waits for it."""
+        todo = [(cap, then) for cap, then in jobs if cap not in self._open and cap not in self._ahead and cap[5:] not in self._work]
         if not todo:
             return
         executor = ThreadPoolExecutor(1, thread_name_prefix="load-ahead")
         for cap, then in todo:
-            self._ahead[cap] = executor.submit(contextvars.copy_context().run, self._load_one, cap, then)
+            if cap.startswith("work:"):
+                assert then is not None
+                self._work[cap[5:]] = executor.submit(contextvars.copy_context().run, then, None)
+            else:
+                self._ahead[cap] = executor.submit(contextvars.copy_context().run, self._load_one, cap, then)
         executor.shutdown(wait=False)
+
+    def ready_ahead(self, capability: str) -> bool:
+        """True when `capability` was loaded ahead without error (and not yet taken)."""
+        future = self._ahead.get(capability)
+        return future is not None and future.done() and future.exception() is None
+
+    def wait_work(self, name: str) -> None:
+        """Wait for the work done ahead under `name`, if any; its failure is logged (the stage does the work again)."""
+        future = self._work.pop(name, None)
+        if future is None:
+            return
+        try:
+            future.result()
+        except Exception as error:  # noqa: BLE001 - the stage redoes what is still pending and reports its own error
+            log.warning("%s done ahead failed (%s: %s); the stage does it now", name, type(error).__name__, error)
 
     def _load_one(self, capability: str, then: Callable[[Any], None] | None) -> float:
         backend = self.get(capability)
@@ -108,17 +136,20 @@ class BackendPool:
             raise
         warm = getattr(backend, "warm", None)
         if warm is not None:  # one small call: the stage's first item does not pay for loading the GPU kernels
+            _WARMING.on = True
             try:
                 warm()
             except Exception as error:  # noqa: BLE001 - only the first call gets slower
                 log.warning("%s: warm-up call failed (%s: %s); the first call will be slower", capability, type(error).__name__, error)
+            finally:
+                _WARMING.on = False
         seconds = time.monotonic() - started
         log.info("%s: %s loaded ahead in %.1f s", capability, backend.name, seconds)
         return seconds
 
     def loading_ahead(self) -> bool:
         """True while a load ahead is still running."""
-        return any(not future.done() for future in self._ahead.values())
+        return any(not future.done() for future in [*self._ahead.values(), *self._work.values()])
 
     def _collect(self, capability: str) -> bool:
         """Wait for `capability`'s load ahead; True when it is loaded and now open."""
@@ -135,7 +166,7 @@ class BackendPool:
     def wait_ahead(self) -> float:
         """Wait for every load ahead still running; the seconds waited."""
         started = time.monotonic()
-        for future in list(self._ahead.values()):
+        for future in [*self._ahead.values(), *self._work.values()]:
             with contextlib.suppress(Exception):
                 future.result()
         return time.monotonic() - started
@@ -143,6 +174,8 @@ class BackendPool:
     def drop_ahead(self, capabilities: Iterable[str] | None = None, keep: Iterable[str] = ()) -> None:
         """Free models loaded ahead that no stage took (the stage had nothing to do, or the run stopped): those of
         `capabilities` (default all) but `keep`."""
+        for name in list(self._work) if capabilities is None else []:  # work ahead writes into the run: let it end
+            self.wait_work(name)
         chosen = list(self._ahead) if capabilities is None else [c for c in capabilities if c in self._ahead]
         for capability in [c for c in chosen if c not in set(keep)]:
             future = self._ahead.pop(capability)
@@ -177,6 +210,7 @@ class RunContext:
     preflight: Callable[[RunContext], None] | None = None
     pool: BackendPool | None = None
     workers: Any = None  # distribute.Workers: beats made on several GPUs (`--gpus`) or Ray workers (`--ray`)
+    made_ahead: set[str] = field(default_factory=set)  # artifacts (run-relative) made ahead of their stage in this run
     _checked: bool = False
 
     def __post_init__(self) -> None:

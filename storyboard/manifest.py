@@ -87,32 +87,37 @@ class Manifest:
 
     def keep_user_file(self, rel: str, path: Path, inputs: Inputs) -> None:
         """Mark a hand-made file as the user's: kept, and hashed so downstream follows it."""
-        entry = self.artifacts.get(rel) or {"key": content_key(inputs), "inputs": inputs}
         new_hash = file_hash(path)
-        if entry.get("user") and entry.get("hash") == new_hash:
-            return
-        entry.update(hash=new_hash, user=True, backend="user")
-        self.artifacts[rel] = entry
-        self.save()
+        with self._lock:
+            entry = self.artifacts.get(rel) or {"key": content_key(inputs), "inputs": inputs}
+            if entry.get("user") and entry.get("hash") == new_hash:
+                return
+            entry.update(hash=new_hash, user=True, backend="user")
+            self.artifacts[rel] = entry
+            self.save()
 
     def forget(self, rel: str) -> None:
-        if self.artifacts.pop(rel, None) is not None:
-            self.save()
+        with self._lock:
+            if self.artifacts.pop(rel, None) is not None:
+                self.save()
 
     def take(self, number: int) -> int:
         """How many times beat `number` was forced; part of its seed."""
         return int(self.data["takes"].get(str(number), 0))
 
     def bump_take(self, number: int) -> None:
-        self.data["takes"][str(number)] = self.take(number) + 1
+        with self._lock:
+            self.data["takes"][str(number)] = self.take(number) + 1
 
     def redraws(self, number: int) -> int:
         """How many times the judge had beat `number` redrawn; part of its image seed."""
         return int(self.data["redraws"].get(str(number), 0))
 
     def set_redraws(self, number: int, count: int) -> None:
-        self.data["redraws"][str(number)] = count
+        with self._lock:
+            self.data["redraws"][str(number)] = count
 
     def record_stage(self, stage: str, figures: dict[str, Any]) -> None:
-        self.data["stages"][stage] = figures
+        with self._lock:
+            self.data["stages"][stage] = figures
         self.save()

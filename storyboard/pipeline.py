@@ -146,7 +146,8 @@ def run_stages(
 ) -> RunSummary:
     """Run `stages` on an existing run directory under its lock (beats on `workers` when given). Each stage's
     successor, `then` after the last, loads its models ahead when there is room (ahead.py); what `then` loaded
-    ahead stays in `pool` for the caller's next call."""
+    ahead stays in `pool` for the caller's next call; work done ahead (the video stage's speech, voiced while the judge
+    works) ends before this returns, under the run's lock."""
     started = time.monotonic()
     summary = RunSummary(run_dir=str(root))
     if not root.is_dir():

@@ -113,11 +113,12 @@ def _voice(ctx: RunContext, backend: Any, item: Item, seed: int, out: Path) -> f
     return seconds
 
 
-def speak_one(ctx: RunContext, backend: Any, item: Item, tmp: Path) -> dict[str, Any]:
-    """Voice a line; with speech QA, up to `max_takes` takes until one is the line without a long gap, keeping the best."""
+def speak_one(ctx: RunContext, backend: Any, item: Item, tmp: Path, recogniser: Any = None) -> dict[str, Any]:
+    """Voice a line; with speech QA, up to `max_takes` takes until one is the line without a long gap, keeping the best.
+    The recogniser is the stage's (loaded here) unless one is given."""
     if "qa" not in item.inputs:
         return {"backend": backend.name, "seconds_of_speech": round(_voice(ctx, backend, item, item.inputs["seed"], tmp), 3)}
-    with ctx.loaded("qa") as qa:
+    with contextlib.nullcontext(recogniser) if recogniser is not None else ctx.loaded("qa") as qa:
         checks: list[TakeCheck] = []
         paths: list[Path] = []
         try:
@@ -224,9 +225,28 @@ def check_clip(path: Path, request: ClipRequest) -> None:
             raise StageError(f"clip audio {info.audio_duration or 0:.2f} s would cut {speech:.2f} s of speech")
 
 
-def voice_pending(ctx: RunContext, result: StageResult, figures: dict[str, Any], stage: contextlib.ExitStack) -> Future[float] | None:
-    """Speech first: its measured length sets each clip's length. The video model may load meanwhile (its future)."""
+def voice_ahead(ctx: RunContext, tts: Any, recogniser: Any) -> None:
+    """Voice the pending lines before the video stage (on the load-ahead thread, while the judge works: speech depends
+    on the plan only), with voices loaded ahead. A failure leaves the line pending: the stage voices it again."""
     todo = pending(ctx, audio_items(ctx))
+    if not todo:
+        return
+    result = StageResult("video")
+    ctx.calls["tts.load"] += 1  # loaded ahead for this work: the video stage will not load them
+    if recogniser is not None:
+        ctx.calls["qa.load"] += 1
+    try:
+        generate(ctx, result, todo, lambda item, tmp: speak_one(ctx, tts, item, tmp, recogniser), lambda item: f"voice {item.number:02d} (ahead)")
+    finally:
+        ctx.made_ahead.update(item.rel for item in todo if item.number in result.done)
+
+
+def voice_pending(ctx: RunContext, result: StageResult, figures: dict[str, Any], stage: contextlib.ExitStack) -> Future[float] | None:
+    """Speech first: its measured length sets each clip's length. The video model may load meanwhile (its future).
+    Lines voiced ahead in this run (during the judge stage) are not voiced again, even when forced."""
+    assert ctx.pool is not None
+    ctx.pool.wait_work("speech")
+    todo = [item for item in pending(ctx, audio_items(ctx)) if item.rel not in ctx.made_ahead]
     if not todo:
         return None
     ctx.ready_for_work()

@@ -50,7 +50,10 @@ def fresh_run(tmp_path: Path, config: dict) -> Path:
     return create_run(IDEA, "drama10", config, tmp_path)
 
 
-def test_the_next_stage_loads_ahead_on_a_thread_once(tmp_path: Path, spy_config: dict) -> None:
+def test_the_next_stage_loads_ahead_on_a_thread_once(tmp_path: Path, spy_config: dict, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="storyboard")
     spy_config["load_ahead"] = "on"
     summary = run_stages(fresh_run(tmp_path, spy_config), spy_config, stages=STAGES)
     assert summary.status == "ok" and summary.final
@@ -58,6 +61,8 @@ def test_the_next_stage_loads_ahead_on_a_thread_once(tmp_path: Path, spy_config:
     assert len(enters) == 1 and enters[0].startswith("load-ahead")  # loaded while the visual stage drew
     assert [what for what, _ in EVENTS] == ["enter", "exit"]  # freed once, after the judge stage
     assert summary.calls["judge.load"] == 1 and summary.calls["tts.load"] == 1
+    assert "video 1/8 voice 00 (ahead)" in caplog.text  # the lines were voiced while the judge worked, once each
+    assert summary.calls["tts.speak"] == 8
 
 
 def test_auto_loads_nothing_ahead_without_a_gpu(tmp_path: Path, spy_config: dict) -> None:
@@ -170,3 +175,14 @@ def test_warming_the_voice_and_the_recogniser_changes_no_take(tmp_path: Path) ->
         tts.speak("Hi there.", voice, "en", 7, tmp_path / "after.wav")
         assert (tmp_path / "after.wav").read_bytes() == (tmp_path / "before.wav").read_bytes()
         assert qa.transcribe(tmp_path / "after.wav", "en") == heard
+
+
+def test_a_forced_line_voiced_ahead_is_not_voiced_again(run_copy: Path, spy_config: dict, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="storyboard")
+    spy_config["load_ahead"] = "on"
+    summary = run_stages(run_copy, spy_config, regen="3")
+    assert summary.status == "ok"
+    assert "video 1/1 voice 03 (ahead)" in caplog.text
+    assert summary.calls["tts.speak"] == 1 and summary.calls["video.animate"] == 1
