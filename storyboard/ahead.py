@@ -48,8 +48,8 @@ def jobs_for(stage: str, config: dict[str, Any], ctx: Any = None, pool: Any = No
     prepare = None
     if ctx is not None and pool is not None:
 
-        def speech(_: Any) -> None:  # the voices loaded just before, on this thread; else the stage voices them
-            if pool.ready_ahead("tts") and (not qa_on or pool.ready_ahead("qa")):
+        def speech(_: Any) -> None:  # once the voices have loaded ahead (else the stage voices the lines itself)
+            if pool.loaded_ahead("tts") and (not qa_on or pool.loaded_ahead("qa")):
                 from .video import voice_ahead
 
                 voice_ahead(ctx, pool.get("tts"), pool.get("qa") if qa_on else None)

@@ -93,13 +93,14 @@ class BackendPool:
                 self._close(capability)
 
     def load_ahead(self, jobs: list[tuple[str, Callable[[Any], None] | None]]) -> None:
-        """Load each (capability, then) in order on one thread, calling `then(backend)` after its load (e.g. encode
+        """Load each (capability, then) on a thread of its own, calling `then(backend)` after its load (e.g. encode
         prompts); the next `loaded(capability)` takes it. A load that fails there is only logged: `loaded` loads
-        again. A job named `work:NAME` is no load: `then(None)` runs in its turn, and `wait_work(NAME)` waits for it."""
+        again. A job named `work:NAME` is no load: `then(None)` runs (it may wait for loads with `loaded_ahead`),
+        and `wait_work(NAME)` waits for it."""
         todo = [(cap, then) for cap, then in jobs if cap not in self._open and cap not in self._ahead and cap[5:] not in self._work]
         if not todo:
             return
-        executor = ThreadPoolExecutor(1, thread_name_prefix="load-ahead")
+        executor = ThreadPoolExecutor(len(todo), thread_name_prefix="load-ahead")
         for cap, then in todo:
             if cap.startswith("work:"):
                 assert then is not None
@@ -108,10 +109,10 @@ class BackendPool:
                 self._ahead[cap] = executor.submit(contextvars.copy_context().run, self._load_one, cap, then)
         executor.shutdown(wait=False)
 
-    def ready_ahead(self, capability: str) -> bool:
-        """True when `capability` was loaded ahead without error (and not yet taken)."""
+    def loaded_ahead(self, capability: str) -> bool:
+        """Wait for `capability`'s load ahead (not taking it); True when it loaded without error."""
         future = self._ahead.get(capability)
-        return future is not None and future.done() and future.exception() is None
+        return future is not None and future.exception() is None
 
     def wait_work(self, name: str) -> None:
         """Wait for the work done ahead under `name`, if any; its failure is logged (the stage does the work again)."""
