@@ -1,9 +1,10 @@
 """Loading the next stage's models while the current stage works (on a GPU with room for both).
 
 A stage's model load (seconds for a 12B model) otherwise sits between two stages with the GPU idle. Once the
-current stage has loaded its own model, the next stage's backends load on a thread (`BackendPool.load_ahead`);
-the video backend also encodes its prompts there. Their weights reach the GPU through the pinned stager, which
-does not stall the current stage's kernels (BENCHMARKS.md). Config, top level:
+current stage has loaded its own model, the next stage's backends load, each on a thread (`BackendPool.load_ahead`);
+the video backend also encodes its prompts there, and once the voices have loaded the lines are voiced and
+checked (speech depends on the plan only). Weights reach the GPU through the pinned stager, which does not
+stall the current stage's kernels (BENCHMARKS.md). Config, top level:
 
     load_ahead: auto        # auto: only when the next models' weights plus the headroom fit the GPU's free memory
                             # on: always (also on the CPU; tests), off: never
