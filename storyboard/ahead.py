@@ -33,15 +33,22 @@ def mode(config: dict[str, Any]) -> str:
     return value
 
 
-def jobs_for(stage: str, config: dict[str, Any], ctx: Any = None, pool: Any = None) -> list[Job]:
-    """What `stage` loads, as (capability, then-prepare) pairs; with the run (`ctx`) and its pool, the video stage
-    also voices its pending lines ahead (they depend on the plan only) and encodes its prompts."""
+def jobs_for(stage: str, config: dict[str, Any], ctx: Any = None, pool: Any = None, distributed: frozenset[str] = frozenset()) -> list[Job]:
+    """What `stage` loads, as (capability, then-prepare) pairs, but capabilities whose work goes to workers
+    (`distributed`); with the run (`ctx`) and its pool, the video stage also voices its pending lines ahead (they
+    depend on the plan only) and encodes its prompts."""
     if stage == "visual":
-        return [("image", None)]
-    if stage == "judge":
-        return [("judge", None)]
-    if stage != "video":
-        return []
+        jobs: list[Job] = [("image", None)]
+    elif stage == "judge":
+        jobs = [("judge", None)]
+    elif stage == "video":
+        jobs = _video_jobs(config, ctx, pool)
+    else:
+        jobs = []
+    return [(cap, then) for cap, then in jobs if cap not in distributed and not (cap == "work:speech" and "tts" in distributed)]
+
+
+def _video_jobs(config: dict[str, Any], ctx: Any, pool: Any) -> list[Job]:
     jobs: list[Job] = [("tts", None)]
     qa_on = str(config.get("qa", {}).get("backend", "none")) != "none"
     if qa_on:
@@ -103,7 +110,7 @@ def gpu_room(device: str) -> int | None:
 def start(pool: Any, config: dict[str, Any], stage: str, ctx: Any = None, distributed: frozenset[str] = frozenset()) -> None:
     """Load `stage`'s backends ahead on `pool`, if the config and (under auto) the GPU's free memory allow."""
     setting = mode(config)
-    jobs = [(cap, then) for cap, then in jobs_for(stage, config, ctx, pool) if (cap if cap != "work:speech" else "tts") not in distributed]
+    jobs = jobs_for(stage, config, ctx, pool, distributed)
     if setting == "off" or not jobs:
         return
     if setting == "auto":

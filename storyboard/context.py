@@ -175,10 +175,12 @@ class BackendPool:
     def drop_ahead(self, capabilities: Iterable[str] | None = None, keep: Iterable[str] = ()) -> None:
         """Free models loaded ahead that no stage took (the stage had nothing to do, or the run stopped): those of
         `capabilities` (default all) but `keep`."""
-        for name in list(self._work) if capabilities is None else []:  # work ahead writes into the run: let it end
-            self.wait_work(name)
+        if capabilities is None:
+            for name in list(self._work):  # work ahead writes into the run: let it end
+                self.wait_work(name)
+        kept = set(keep)
         chosen = list(self._ahead) if capabilities is None else [c for c in capabilities if c in self._ahead]
-        for capability in [c for c in chosen if c not in set(keep)]:
+        for capability in [c for c in chosen if c not in kept]:
             future = self._ahead.pop(capability)
             with contextlib.suppress(Exception):
                 future.result()
