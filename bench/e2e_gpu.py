@@ -200,11 +200,13 @@ MODELS = {"planner": ("llm", llm), "image": ("flux", flux), "judge": ("vlm", vlm
 
 
 def model_paths(root: Path, size: str, shm: Path | None = None) -> dict[str, Path]:
-    """Where each section's random model is saved; the image model in `shm` (RAM) when given: with the next stage's
-    models built before each stage (so they can load ahead), the planner and Flux together overfill a 64 GiB disk."""
+    """Where each section's random model is saved; the image and judge models in `shm` (RAM) when given: with the next
+    stages' models built before each stage (so they can load ahead), the planner and Flux together, or the judge and
+    LTX-2, overfill a 64 GiB disk."""
     paths = {section: root / (f"{name}-{size}.pt" if section == "qa" else f"{name}-{size}") for section, (name, _) in MODELS.items()}
     if shm is not None:
         paths["image"] = shm / paths["image"].name
+        paths["judge"] = shm / paths["judge"].name
     return paths
 
 
@@ -295,6 +297,7 @@ def main() -> None:
     parser.add_argument("--shm", type=Path, help="a RAM folder (e.g. /dev/shm/sb) for the image model")
     parser.add_argument("--ahead", choices=["auto", "on", "off"], default="auto",
                         help="the load_ahead setting (off: each stage loads its own models; on: also on the CPU)")
+    parser.add_argument("--ahead-stages", type=int, default=2, help="the load_ahead_stages setting: how many stages load ahead")
     parser.add_argument("--resume", action="store_true",
                         help="go on with the run (and --json results) an earlier call left under --out: stages split over calls")
     args = parser.parse_args()
@@ -357,6 +360,8 @@ def main() -> None:
     order = args.stages.split(",")
     config = config_for(paths, args.size, device, args.roomy)
     config["load_ahead"] = args.ahead
+    config["load_ahead_stages"] = args.ahead_stages
+    reach = args.ahead_stages if args.ahead != "off" else 0  # stages after the current one whose models must exist
     pool = BackendPool(config)  # one pool across the stages' calls: what loads ahead in one stage is taken by the next
     pending: list[tuple[str, Any, float, float, float | None, float]] = []
 
@@ -382,8 +387,8 @@ def main() -> None:
                 continue
             current["stage"] = stage
             following = order[i + 1] if i + 1 < len(order) else None
-            build_started = time.perf_counter()  # this stage's models and the next one's (it may load them ahead)
-            wanted = SECTIONS[stage] | (SECTIONS[following] if following and args.ahead != "off" else set())
+            build_started = time.perf_counter()  # this stage's models and the next ones' (they may load ahead)
+            wanted = set().union(*(SECTIONS[s] for s in order[i : i + 1 + reach]))
             build({x for x in wanted if not (stage == "judge" and x == "image")}, paths, args.size, device)
             build_s = time.perf_counter() - build_started
             if stage == "plan":
@@ -403,10 +408,10 @@ def main() -> None:
             if recorder is not None:
                 recorder.__enter__()
             try:
-                then = (following,) if following and following != "render" else ()
+                then = tuple(s for s in order[i + 1 :] if s != "render")
                 if stage == "plan":
-                    if following:  # as `storyboard run` does: the first stage's models load while the plan is written
-                        pool.after_load = functools.partial(ahead.start, pool, config, following)
+                    if following:  # as `storyboard run` does: the first stages' models load while the plan is written
+                        pool.after_load = functools.partial(ahead.start, pool, config, order[i + 1 :])
                     root = create_run(IDEA, "drama10", config, runs, pool=pool)
                     pool.after_load = None
                 else:
@@ -418,9 +423,8 @@ def main() -> None:
                 # A load ahead still running when the stage ends: when the next stage needs no model built, it starts
                 # at once, as in `storyboard run`, and this stage's replay waits until after it. Otherwise the load is
                 # waited for and charged to this stage, so the replay and the builds between stages do not hide it.
-                after = order[i + 2] if i + 2 < len(order) else None
                 go_on = following is not None and pool.loading_ahead() and all(
-                    paths[x].exists() for x in SECTIONS[following] | (SECTIONS[after] if after else set()))
+                    paths[x].exists() for s in order[i + 1 : i + 2 + reach] for x in SECTIONS[s])
                 ahead_wait = 0.0 if go_on else pool.wait_ahead()
                 sync()
                 wall += ahead_wait

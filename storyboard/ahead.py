@@ -1,4 +1,4 @@
-"""Loading the next stage's models while the current stage works (on a GPU with room for both).
+"""Loading the next stages' models while the current stage works (on a GPU with room for them).
 
 A stage's model load (seconds for a 12B model) otherwise sits between two stages with the GPU idle. Once the
 current stage has loaded its own model, the next stage's backends load, each on a thread (`BackendPool.load_ahead`);
@@ -9,12 +9,17 @@ stall the current stage's kernels (BENCHMARKS.md). Config, top level:
     load_ahead: auto        # auto: only when the next models' weights plus the headroom fit the GPU's free memory
                             # on: always (also on the CPU; tests), off: never
     load_ahead_headroom_gib: 8   # room kept for the current stage's activations
+    load_ahead_stages: 2         # how many of the following stages may load ahead; a later one only once the one
+                                 # before it fits too, and its loads start when that one's have ended
+
+On an 80 GB GPU the next stage's models fit beside the current one's; on a 141 GB GPU the judge and the video stage's
+models (and the voices) both load while the beats are drawn, so the short judge stage waits for nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +31,20 @@ Job = tuple[str, "Callable[[Any], None] | None"]
 
 
 def mode(config: dict[str, Any]) -> str:
+    """The load_ahead setting (auto, on or off); InputError naming the field for a bad one (or a bad depth)."""
     value = config.get("load_ahead", "auto")
     value = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else str(value).lower()
     if value not in ("auto", "on", "off"):
         raise InputError(f"load_ahead: {value!r}; choose auto, on or off")
+    depth(config)
+    return value
+
+
+def depth(config: dict[str, Any]) -> int:
+    """How many of the following stages may load ahead (load_ahead_stages, default 2)."""
+    value = config.get("load_ahead_stages", 2)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"load_ahead_stages: {value!r}; give a whole number of stages, 1 or more")
     return value
 
 
@@ -107,21 +122,31 @@ def gpu_room(device: str) -> int | None:
     return int(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
 
 
-def start(pool: Any, config: dict[str, Any], stage: str, ctx: Any = None, distributed: frozenset[str] = frozenset()) -> None:
-    """Load `stage`'s backends ahead on `pool`, if the config and (under auto) the GPU's free memory allow."""
+def start(pool: Any, config: dict[str, Any], stages: str | Sequence[str], ctx: Any = None,
+          distributed: frozenset[str] = frozenset()) -> None:
+    """Load the backends of the following `stages` (the next one first) ahead on `pool`, as far as the config's depth
+    and (under auto) the GPU's free memory allow: a stage is loaded ahead only when the ones before it fit too, and
+    its loads start once theirs have ended (the nearer stage needs its models first)."""
     setting = mode(config)
-    jobs = jobs_for(stage, config, ctx, pool, distributed)
-    if setting == "off" or not jobs:
+    if setting == "off":
         return
-    if setting == "auto":
-        sizes = [weights_bytes(pool.get(cap)) for cap, _ in jobs if not cap.startswith("work:")]
-        room = gpu_room(str(config.get("device", "auto")))
-        headroom = float(config.get("load_ahead_headroom_gib", 8)) * 2**30
-        if room is None or any(size is None for size in sizes):
-            return
-        need = sum(sizes) + headroom  # type: ignore[arg-type]
-        if need > room:
-            log.info("%s: not loading ahead: its weights and %.0f GiB headroom need %.1f GiB, the GPU has %.1f GiB free",
-                     stage, headroom / 2**30, need / 2**30, room / 2**30)
-            return
-    pool.load_ahead(jobs)
+    following = [stages] if isinstance(stages, str) else list(stages)
+    headroom = float(config.get("load_ahead_headroom_gib", 8)) * 2**30
+    room = gpu_room(str(config.get("device", "auto"))) if setting == "auto" else None
+    if setting == "auto" and room is None:
+        return
+    need, before = headroom, []
+    for stage in following[: depth(config)]:
+        jobs = [(cap, then) for cap, then in jobs_for(stage, config, ctx, pool, distributed) if not pool.has(cap)]
+        if setting == "auto":
+            sizes = [weights_bytes(pool.get(cap)) for cap, _ in jobs if not cap.startswith("work:")]
+            if any(size is None for size in sizes):
+                return
+            need += sum(sizes)  # type: ignore[arg-type]
+            if need > room:  # type: ignore[operator]
+                log.info("%s: not loading ahead: with what loads before it and %.0f GiB headroom it needs %.1f GiB, "
+                         "the GPU has %.1f GiB free", stage, headroom / 2**30, need / 2**30, room / 2**30)  # type: ignore[operator]
+                return
+        if jobs:
+            pool.load_ahead(jobs, after=before)
+        before = [cap for cap, _ in jobs if not cap.startswith("work:")]

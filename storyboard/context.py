@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,21 +92,33 @@ class BackendPool:
             if not self.hold:
                 self._close(capability)
 
-    def load_ahead(self, jobs: list[tuple[str, Callable[[Any], None] | None]]) -> None:
+    def has(self, capability: str) -> bool:
+        """True when `capability` is loaded, loading ahead, or (`work:NAME`) its work is under way or done."""
+        if capability.startswith("work:"):
+            return capability[5:] in self._work
+        return capability in self._open or capability in self._ahead
+
+    def load_ahead(self, jobs: list[tuple[str, Callable[[Any], None] | None]], after: Iterable[str] = ()) -> None:
         """Load each (capability, then) on a thread of its own, calling `then(backend)` after its load (e.g. encode
         prompts); the next `loaded(capability)` takes it. A load that fails there is only logged: `loaded` loads
         again. A job named `work:NAME` is no load: `then(None)` runs (it may wait for loads with `loaded_ahead`),
-        and `wait_work(NAME)` waits for it."""
-        todo = [(cap, then) for cap, then in jobs if cap not in self._open and cap not in self._ahead and cap[5:] not in self._work]
+        and `wait_work(NAME)` waits for it. With `after`, the jobs start once those loads ahead have ended."""
+        todo = [(cap, then) for cap, then in jobs if not self.has(cap)]
         if not todo:
             return
+        first = [self._ahead[cap] for cap in after if cap in self._ahead]
+
+        def when_ready(job: Callable[..., Any], *args: Any) -> Any:
+            wait(first)
+            return job(*args)
+
         executor = ThreadPoolExecutor(len(todo), thread_name_prefix="load-ahead")
         for cap, then in todo:
             if cap.startswith("work:"):
                 assert then is not None
-                self._work[cap[5:]] = executor.submit(contextvars.copy_context().run, then, None)
+                self._work[cap[5:]] = executor.submit(contextvars.copy_context().run, when_ready, then, None)
             else:
-                self._ahead[cap] = executor.submit(contextvars.copy_context().run, self._load_one, cap, then)
+                self._ahead[cap] = executor.submit(contextvars.copy_context().run, when_ready, self._load_one, cap, then)
         executor.shutdown(wait=False)
 
     def loaded_ahead(self, capability: str) -> bool:

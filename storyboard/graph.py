@@ -32,29 +32,26 @@ class Music:
     fade_s: float = 1.5
 
 
-def video_chain(pieces: list[Piece], width: int, height: int, fps: int) -> list[str]:
-    """Per clip: constant fps, scale + pad to the frame, square pixels, yuv420p, exact length."""
+def piece_chain(piece: Piece, width: int, height: int, fps: int) -> str:
+    """One clip's video filters: constant fps, scale + pad to the frame, square pixels, yuv420p, exact length."""
+    d = f"{piece.duration:.6f}"
+    chain = []
+    if piece.conform:
+        chain += [f"fps={fps}", f"scale={width}:{height}:force_original_aspect_ratio=decrease",
+                  f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2", "setsar=1", "format=yuv420p"]
+    if piece.conform or piece.duration > piece.video_duration + 1e-3:
+        chain.append(f"tpad=stop_mode=clone:stop_duration={d}")  # hold the last frame while sound goes on
+    chain += [f"trim=duration={d}", "setpts=PTS-STARTPTS"]
+    return ",".join(chain)
+
+
+def audio_chain(pieces: list[Piece], music: Music | None, first: int = 0) -> list[str]:
+    """Per clip 48 kHz stereo padded (never cut) to its length, concatenated, music ducked under it → [mix]. The clips
+    are inputs `first`, `first` + 1, ..., the music the input after them."""
     parts = []
     for i, piece in enumerate(pieces):
         d = f"{piece.duration:.6f}"
-        chain = []
-        if piece.conform:
-            chain += [f"fps={fps}", f"scale={width}:{height}:force_original_aspect_ratio=decrease",
-                      f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2", "setsar=1", "format=yuv420p"]
-        if piece.conform or piece.duration > piece.video_duration + 1e-3:
-            chain.append(f"tpad=stop_mode=clone:stop_duration={d}")  # hold the last frame while sound goes on
-        chain += [f"trim=duration={d}", "setpts=PTS-STARTPTS"]
-        parts.append(f"[{i}:v]{','.join(chain)}[v{i}]")
-    parts.append("".join(f"[v{i}]" for i in range(len(pieces))) + f"concat=n={len(pieces)}:v=1:a=0[vc]")
-    return parts
-
-
-def audio_chain(pieces: list[Piece], music: Music | None) -> list[str]:
-    """Per clip 48 kHz stereo padded (never cut) to its length, concatenated, music ducked under it → [mix]."""
-    parts = []
-    for i, piece in enumerate(pieces):
-        d = f"{piece.duration:.6f}"
-        source = f"[{i}:a]" if piece.has_audio else f"anullsrc=r={SAMPLE_RATE}:cl=stereo,"
+        source = f"[{first + i}:a]" if piece.has_audio else f"anullsrc=r={SAMPLE_RATE}:cl=stereo,"
         parts.append(
             f"{source}aresample={SAMPLE_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo,"
             f"apad=whole_dur={d},atrim=duration={d},asetpts=PTS-STARTPTS[a{i}]"
@@ -67,7 +64,7 @@ def audio_chain(pieces: list[Piece], music: Music | None) -> list[str]:
     fade_out = max(0.0, total - music.fade_s)
     parts += [
         f"{joined}concat=n={len(pieces)}:v=0:a=1,asplit=2[speech][key]",
-        f"[{len(pieces)}:a]aresample={SAMPLE_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo,"
+        f"[{first + len(pieces)}:a]aresample={SAMPLE_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo,"
         f"atrim=duration={total:.6f},asetpts=PTS-STARTPTS,afade=t=in:d={music.fade_s},"
         f"afade=t=out:st={fade_out:.3f}:d={music.fade_s},volume={music.volume_db}dB[bed]",
         "[bed][key]sidechaincompress=threshold=0.02:ratio=8:attack=15:release=350[ducked]",
@@ -120,15 +117,14 @@ def parse_ebur128(stderr: str) -> Loudness:
     return Loudness(float(integrated[-1]), float(peak[-1]))
 
 
-def final_graph(pieces: list[Piece], width: int, height: int, fps: int, subs: str, fontsdir: Path | None,
-                music: Music | None, level: str) -> str:
-    """The encode: normalised video with subtitles burned in; the mix through `level_chain`."""
+def segment_graph(piece: Piece, width: int, height: int, fps: int, subs: str, fontsdir: Path | None) -> str:
+    """One beat's picture for the final: its clip normalised, its subtitles (and, for the hook, the title) burned in."""
     sub_filter = "subtitles=filename=" + filter_value(subs)
     if fontsdir is not None:
         sub_filter += ":fontsdir=" + filter_value(str(fontsdir))
-    return ";".join([
-        *video_chain(pieces, width, height, fps),
-        f"[vc]{sub_filter}[vout]",
-        *audio_chain(pieces, music),
-        f"[mix]{level},aresample={SAMPLE_RATE}[aout]",
-    ])
+    return f"[0:v]{piece_chain(piece, width, height, fps)},{sub_filter}[vout]"
+
+
+def mix_graph(pieces: list[Piece], music: Music | None, level: str, first: int) -> str:
+    """The final's sound: the clips' audio (inputs from `first` on) mixed, through `level_chain`."""
+    return ";".join([*audio_chain(pieces, music, first), f"[mix]{level},aresample={SAMPLE_RATE}[aout]"])

@@ -145,7 +145,7 @@ def run_stages(
     then: tuple[str, ...] = (),
 ) -> RunSummary:
     """Run `stages` on an existing run directory under its lock (beats on `workers` when given). Each stage's
-    successor, `then` after the last, loads its models ahead when there is room (ahead.py); what `then` loaded
+    successors, then `then`, load their models ahead when there is room (ahead.py); what `then` loaded
     ahead stays in `pool` for the caller's next call; work done ahead (the video stage's speech, voiced while the judge
     works) ends before this returns, under the run's lock."""
     started = time.monotonic()
@@ -157,7 +157,7 @@ def run_stages(
         ctx = open_run(root, config, reporter=reporter, keep_going=keep_going, pool=pool, workers=workers)
         assert ctx.pool is not None
         distributed = frozenset(workers.distributes) if workers is not None else frozenset()
-        following = dict(zip((*stages, *then), (*stages, *then)[1:], strict=False))
+        order = (*stages, *then)
         kept: list[str] = []
         force_render = False
         if regen:
@@ -172,10 +172,9 @@ def run_stages(
         ctx.manifest.save()
         results: list[StageResult] = []
         try:
-            for name in stages:
-                nxt = following.get(name)
-                if nxt and not ctx.pool.hold:  # once this stage has its model: the next stage's, on a thread
-                    ctx.pool.after_load = functools.partial(ahead.start, ctx.pool, config, nxt, ctx, distributed)
+            for i, name in enumerate(stages):
+                if order[i + 1 :] and not ctx.pool.hold:  # once this stage has its model: the next stages', on threads
+                    ctx.pool.after_load = functools.partial(ahead.start, ctx.pool, config, order[i + 1 :], ctx, distributed)
                 try:
                     result = stage_runner(ctx, name, force_render=force_render, only_beat=only_beat, check_failures=False)
                 finally:
@@ -187,7 +186,7 @@ def run_stages(
                 summary.stages[name] = {"done": sorted(result.done), "failed": result.failed, "seconds": round(result.seconds, 3), "loads": result.loads}
                 if result.failed:
                     raise StageError(f"{name}: beats failed: " + "; ".join(f"{n}: {why}" for n, why in sorted(result.failed.items())))
-            kept = [cap for cap, _ in ahead.jobs_for(then[0], config)] if then else []
+            kept = [cap for stage in then[: ahead.depth(config)] for cap, _ in ahead.jobs_for(stage, config)]
         finally:
             ctx.pool.drop_ahead(keep=kept)
             summary.calls = dict(ctx.calls)
@@ -227,7 +226,7 @@ def run(
     workers = make_workers(config, ray, gpus)
     pool = BackendPool(config)
     distributed = frozenset(workers.distributes) if workers is not None else frozenset()
-    pool.after_load = functools.partial(ahead.start, pool, config, stages[0], None, distributed)  # while the plan is written
+    pool.after_load = functools.partial(ahead.start, pool, config, stages, None, distributed)  # while the plan is written
     try:
         root = create_run(idea, format_name, config, out, seed, pool) if idea is not None else directory
         assert root is not None

@@ -1,14 +1,22 @@
-"""Stage 5, render: normalise clips, concatenate, burn subtitles and title, loudness, H.264/AAC."""
+"""Stage 5, render: normalise clips, burn subtitles and title, concatenate, loudness, H.264/AAC.
+
+Each beat's picture is encoded once into a segment (render/seg_NN_<key>.mp4, keyed by its clip, length, subtitles,
+title, fonts and encoder settings); the final joins the segments without re-encoding them and encodes only the
+sound. Re-rendering after `--regen-beats 5,7` encodes two segments; a subtitle or title edit, the beats it touches.
+Segments left to encode run side by side, each ffmpeg with its share of the cores.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import os
 import re
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +28,7 @@ from .context import RunContext, StageResult
 from .errors import StageError
 from .ffmpeg import run_ffmpeg
 from .fonts import FontSet, find_fonts
-from .graph import Loudness, Music, Piece, final_graph, inputs_args, level_chain, measure_graph, parse_ebur128
+from .graph import Loudness, Music, Piece, inputs_args, level_chain, measure_graph, mix_graph, parse_ebur128, segment_graph
 from .keys import Inputs, content_key, file_hash
 from .media import decode_audio, probe, speech_span
 from .resources import assets_dir
@@ -28,7 +36,8 @@ from .rundir import atomic_path, write_text_atomic
 from .subtitles import Cue, pack, time_chunks, write_ass, write_srt
 
 log = logging.getLogger("storyboard")
-STAGE_VERSION = 2
+STAGE_VERSION = 3
+SEGMENT_VERSION = 1
 SAMPLE_RATE = 48000
 AAC_SLACK_S = 0.03
 
@@ -83,13 +92,79 @@ def segments_of(ctx: RunContext) -> list[Segment]:
     return segments
 
 
-def cues_of(segments: list[Segment]) -> list[Cue]:
-    """Subtitle cues of every spoken line, timed over its measured speech span."""
+def cues_of(segments: list[Segment], local: bool = False) -> list[Cue]:
+    """Subtitle cues of every spoken line, timed over its measured speech span (from each segment's start if `local`)."""
     cues: list[Cue] = []
     for seg in segments:
         if seg.speech and seg.line:
-            cues += time_chunks(pack(seg.line), seg.start + seg.speech[0], seg.start + seg.speech[1])
+            start = 0.0 if local else seg.start
+            cues += time_chunks(pack(seg.line), start + seg.speech[0], start + seg.speech[1])
     return cues
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What one segment file is made from: the beat's clip as the final shows it, with its subtitles and title."""
+
+    seg: Segment
+    cues: list[Cue]
+    title: str
+    path: Path
+
+    @property
+    def piece(self) -> Piece:
+        return Piece(self.seg.duration, self.seg.has_audio, self.seg.conform, self.seg.video_duration)
+
+
+def pictures_of(ctx: RunContext, segments: list[Segment], hashes: list[str], fonts: FontSet) -> list[Picture]:
+    """Each segment's picture and the cache file it lives in (its name holds the key of everything it shows)."""
+    plan, settings = ctx.plan, ctx.config.get("render", {})
+    pictures = []
+    for i, (seg, clip_hash) in enumerate(zip(segments, hashes, strict=True)):
+        cues = cues_of([seg], local=True)
+        title = plan.hook.title_overlay if i == 0 else ""
+        key = content_key({
+            "segment": SEGMENT_VERSION, "clip": clip_hash, "piece": [seg.duration, seg.conform, seg.video_duration],
+            "cues": [[round(c.start, 3), round(c.end, 3), c.text] for c in cues], "title": title,
+            "fonts": [f.family for f in fonts.fonts], "size": [plan.width, plan.height], "fps": plan.fps,
+            "preset": str(settings.get("preset", "veryfast")), "crf": str(settings.get("crf", 20)),
+        })
+        pictures.append(Picture(seg, cues, title, ctx.rd.segment(seg.number, key)))
+    return pictures
+
+
+def encode_picture(ctx: RunContext, picture: Picture, fonts: FontSet, fontsdir: Path, threads: int) -> None:
+    """Encode one segment: the clip normalised, subtitles and title burned in, H.264 without sound."""
+    plan, settings = ctx.plan, ctx.config.get("render", {})
+    with tempfile.TemporaryDirectory(prefix="storyboard-seg-") as folder, atomic_path(picture.path) as tmp:
+        subs = Path(folder) / "subs.ass"
+        subs.write_text(write_ass(picture.cues, picture.title, picture.seg.duration, plan.width, plan.height, fonts.family), encoding="utf-8")
+        args = [
+            "-i", ctx.rd.rel(picture.seg.clip), "-filter_complex", segment_graph(picture.piece, plan.width, plan.height, plan.fps, str(subs), fontsdir),
+            "-map", "[vout]", "-an", "-r", str(plan.fps), "-fps_mode", "cfr", "-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p",
+            "-preset", str(settings.get("preset", "veryfast")), "-crf", str(settings.get("crf", 20)), "-threads", str(threads), str(tmp),
+        ]
+        check_glyphs(run_ffmpeg(args, cwd=ctx.rd.root, what=f"render (beat {picture.seg.number})", loglevel="warning"))
+
+
+def encode_pictures(ctx: RunContext, pictures: list[Picture], fonts: FontSet, fontsdir: Path) -> int:
+    """Encode the segments not yet in the cache, side by side; how many were encoded."""
+    todo = [p for p in pictures if not p.path.is_file()]
+    if not todo:
+        return 0
+    cores = os.cpu_count() or 2
+    workers = max(1, min(len(todo), cores // 2))
+    with ThreadPoolExecutor(workers, thread_name_prefix="render") as pool:
+        futures = [pool.submit(encode_picture, ctx, p, fonts, fontsdir, max(1, cores // workers)) for p in todo]
+    for future in futures:
+        future.result()  # the first failure, once every encode has ended
+    ctx.calls["render.segment"] += len(todo)
+    return len(todo)
+
+
+def concat_list(paths: list[Path]) -> str:
+    """An ffmpeg concat-demuxer list naming `paths` (quotes escaped)."""
+    return "".join("file '" + str(path).replace("'", "'\\''") + "'\n" for path in paths)
 
 
 def render_inputs(ctx: RunContext, segments: list[Segment], cues: list[Cue], fonts: FontSet) -> Inputs:
@@ -210,35 +285,42 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
         log.warning("render: final.mp4 was replaced by hand; kept (use --regen-beats none to re-render)")
         return result
     ctx.ready_for_work()
-    # 3. Subtitles are rewritten on every render; then one encode does everything.
+    # 3. Subtitles are rewritten on every render; each beat's picture is encoded unless its segment is cached.
     hook_end = segments[0].duration
     write_text_atomic(ctx.rd.subs_ass, write_ass(cues, plan.hook.title_overlay, hook_end, plan.width, plan.height, fonts.family))
     write_text_atomic(ctx.rd.subs_srt, write_srt(cues))
-    pieces = [Piece(seg.duration, seg.has_audio, seg.conform, seg.video_duration) for seg in segments]
+    pictures = pictures_of(ctx, segments, inputs["clips"], fonts)
+    pieces = [p.piece for p in pictures]
     clips = [ctx.rd.rel(seg.clip) for seg in segments]
     music = music_of(ctx)
     lufs = float(settings.get("loudness_lufs", -14))
     with ctx.reporter.stage("render", 1) as advance, font_folder(fonts) as fontsdir, atomic_path(ctx.rd.final) as tmp:
-        # Pass 1 (audio only, fast): measure loudness so pass 2 can normalise linearly.
+        # Pass 1 (audio only, fast): measure loudness so the final can normalise linearly.
         t0 = time.monotonic()
         level, gain = loudness_level(ctx, clips, pieces, music, lufs, float(settings.get("true_peak_db", -1.0)))
         t1 = time.monotonic()
-        # Pass 2: one encode does normalisation, concat, subtitles, title, music and loudness.
-        graph = final_graph(pieces, plan.width, plan.height, plan.fps, ctx.rd.subs_ass.name, fontsdir, music, level)
+        encoded = encode_pictures(ctx, pictures, fonts, fontsdir)
+        t2 = time.monotonic()
+        # The final: the segments joined as they are, the sound mixed, normalised and encoded.
+        listing = fontsdir / "segments.txt"
+        listing.write_text(concat_list([p.path.resolve() for p in pictures]), encoding="utf-8")
         args = [
-            *inputs_args(clips, music), "-filter_complex", graph, "-map", "[vout]", "-map", "[aout]", "-r", str(plan.fps), "-fps_mode", "cfr",
-            "-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p", "-preset", str(settings.get("preset", "veryfast")),
-            "-crf", str(settings.get("crf", 20)), "-c:a", "aac", "-b:a", "192k", "-ar", str(SAMPLE_RATE), "-ac", "2",
+            "-f", "concat", "-safe", "0", "-i", str(listing), *inputs_args(clips, music), "-filter_complex", mix_graph(pieces, music, level, 1),
+            "-map", "0:v", "-map", "[aout]", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-ar", str(SAMPLE_RATE), "-ac", "2",
             "-movflags", "+faststart", tmp.name,
         ]
         ctx.calls["render.encode"] += 1
-        stderr = run_ffmpeg(args, cwd=ctx.rd.root, what="render", loglevel="warning")
-        check_glyphs(stderr)
-        t2 = time.monotonic()
+        run_ffmpeg(args, cwd=ctx.rd.root, what="render", loglevel="error")
+        t3 = time.monotonic()
         figures = check_final(tmp, segments, plan.width, plan.height, plan.fps)
-        figures.update(measure_s=round(t1 - t0, 3), encode_s=round(t2 - t1, 3), check_s=round(time.monotonic() - t2, 3))
+        figures.update(measure_s=round(t1 - t0, 3), segments_s=round(t2 - t1, 3), join_s=round(t3 - t2, 3),
+                       check_s=round(time.monotonic() - t3, 3), segments_encoded=encoded, segments_cached=len(pictures) - encoded)
         figures.update(gain_db=round(gain, 2))
         advance("final.mp4")
+    keep = {p.path.name for p in pictures}
+    for old in ctx.rd.segments_dir.glob("seg_*.mp4"):  # segments of earlier takes: nothing shows them any more
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
     result.done.append(-1)
     result.seconds = time.monotonic() - started
     ctx.manifest.record(rel, ctx.rd.final, inputs, backend="ffmpeg", seconds=round(result.seconds, 3), **figures)

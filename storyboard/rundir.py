@@ -70,6 +70,14 @@ class RunDir:
     def clip(self, number: int, beat_type: str) -> Path:
         return self.root / "clips" / f"clip_{number:02d}_{beat_type}.mp4"
 
+    @property
+    def segments_dir(self) -> Path:
+        return self.root / "render"
+
+    def segment(self, number: int, key: str) -> Path:
+        """The render's cached picture of beat `number` (subtitles and title burned in), named by its key."""
+        return self.segments_dir / f"seg_{number:02d}_{key[:16]}.mp4"
+
     def rel(self, path: Path) -> str:
         """Path relative to the run root, as recorded in run.json."""
         return path.relative_to(self.root).as_posix()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +114,54 @@ def test_auto_loads_ahead_only_what_fits_beside_the_headroom(monkeypatch: pytest
     pool = BackendPool(config)
     assert ahead.weights_bytes(pool.get("judge")) == 3 * 2**20
     started: list[Any] = []
-    monkeypatch.setattr(pool, "load_ahead", started.append)
+    monkeypatch.setattr(pool, "load_ahead", lambda jobs, after=(): started.append(jobs))
     monkeypatch.setattr(ahead, "gpu_room", lambda device: 4 * 2**20 - 1)  # 3 MiB + 1 MiB headroom does not fit
     ahead.start(pool, config, "judge")
     assert started == []
     monkeypatch.setattr(ahead, "gpu_room", lambda device: 4 * 2**20)
     ahead.start(pool, config, "judge")
     assert started == [[("judge", None)]]
+
+
+def test_a_later_stage_loads_ahead_only_when_it_fits_too_and_after_the_nearer_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, mib in (("flux", 2), ("vlm", 3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"\0" * mib * 2**20)
+    config: dict[str, Any] = {"image": {"backend": "diffusers", "model": str(tmp_path / "flux")},
+                              "judge": {"backend": "vlm", "model": str(tmp_path / "vlm")}, "load_ahead_headroom_gib": 1 / 1024}
+    pool = BackendPool(config)
+    calls: list[tuple[list, list]] = []
+    monkeypatch.setattr(pool, "load_ahead", lambda jobs, after=(): calls.append((jobs, list(after))))
+    monkeypatch.setattr(ahead, "gpu_room", lambda device: 6 * 2**20 - 1)  # 2 + 1 MiB fit; 2 + 3 + 1 do not
+    ahead.start(pool, config, ("visual", "judge"))
+    assert calls == [([("image", None)], [])]
+    calls.clear()
+    monkeypatch.setattr(ahead, "gpu_room", lambda device: 6 * 2**20)
+    ahead.start(pool, config, ("visual", "judge"))
+    assert calls == [([("image", None)], []), ([("judge", None)], ["image"])]  # the judge's load waits for Flux's
+    calls.clear()
+    ahead.start(pool, {**config, "load_ahead_stages": 1}, ("visual", "judge"))
+    assert calls == [([("image", None)], [])]
+    with pytest.raises(InputError, match="load_ahead_stages: 0; give a whole number of stages, 1 or more"):
+        ahead.start(pool, {**config, "load_ahead_stages": 0}, ("visual", "judge"))
+
+
+def test_loads_ahead_after_another_start_when_it_has_ended(tmp_path: Path, spy_config: dict) -> None:
+    pool = BackendPool(spy_config)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def slow(_: Any) -> None:
+        gate.wait(10)
+        order.append("tts prepared")
+
+    pool.load_ahead([("tts", slow)])
+    pool.load_ahead([("judge", lambda backend: order.append("judge loaded"))], after=["tts"])
+    time.sleep(0.3)
+    assert order == [] and pool.loading_ahead()  # the judge's load waits for the tts's
+    gate.set()
+    assert pool.loaded_ahead("judge") and order == ["tts prepared", "judge loaded"]
+    pool.drop_ahead()
 
 
 def test_models_loaded_ahead_and_warmed_make_the_same_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

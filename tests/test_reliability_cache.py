@@ -30,7 +30,7 @@ def test_case_11_one_line_edited_redoes_only_its_audio_clip_and_render(run_copy:
     assert cells[3]["clip"]["state"] == "stale" and cells[3]["image"]["state"] == "fresh"
     summary = run_stages(run_copy, config)
     assert changed(before, media_hashes(run_copy)) == {"audio/beat_03.wav", "clips/clip_03_refusal.mp4", "final.mp4"}
-    assert summary.calls == {"tts.load": 1, "tts.speak": 1, "video.load": 1, "video.animate": 1, "render.encode": 1}
+    assert summary.calls == {"tts.load": 1, "tts.speak": 1, "video.load": 1, "video.animate": 1, "render.segment": 1, "render.encode": 1}
     assert "Never." in (run_copy / "subs.srt").read_text()
 
 
