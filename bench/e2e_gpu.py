@@ -408,7 +408,7 @@ def main() -> None:
             if recorder is not None:
                 recorder.__enter__()
             try:
-                then = tuple(s for s in order[i + 1 :] if s != "render")
+                then = tuple(order[i + 1 :])  # the render too: its segments are encoded while the clips are made
                 if stage == "plan":
                     if following:  # as `storyboard run` does: the first stages' models load while the plan is written
                         pool.after_load = functools.partial(ahead.start, pool, config, order[i + 1 :])

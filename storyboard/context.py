@@ -226,6 +226,7 @@ class RunContext:
     pool: BackendPool | None = None
     workers: Any = None  # distribute.Workers: beats made on several GPUs (`--gpus`) or Ray workers (`--ray`)
     made_ahead: set[str] = field(default_factory=set)  # artifacts (run-relative) made ahead of their stage in this run
+    on_made: Callable[[str, int], None] | None = None  # told (run-relative path, beat) of each artifact a stage publishes
     _checked: bool = False
 
     def __post_init__(self) -> None:

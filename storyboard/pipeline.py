@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import ahead
+from . import render as render_stage
 from .context import BackendPool, RunContext, StageResult, parse_beat_list
 from .distribute import Workers, make_workers
-from .errors import InputError, StageError
+from .errors import InputError, StageError, StoryboardError
 from .formats import load_format
 from .judge import judge
 from .manifest import Manifest
@@ -175,10 +176,13 @@ def run_stages(
             for i, name in enumerate(stages):
                 if order[i + 1 :] and not ctx.pool.hold:  # once this stage has its model: the next stages', on threads
                     ctx.pool.after_load = functools.partial(ahead.start, ctx.pool, config, order[i + 1 :], ctx, distributed)
+                segments = render_ahead(ctx, config) if name == "video" and order[i + 1 : i + 2] == ("render",) else None
                 try:
                     result = stage_runner(ctx, name, force_render=force_render, only_beat=only_beat, check_failures=False)
                 finally:
-                    ctx.pool.after_load = None
+                    ctx.pool.after_load = ctx.on_made = None
+                    if segments is not None:
+                        segments.close()
                     ctx.pool.drop_ahead([cap for cap, _ in ahead.jobs_for(name, config)])  # loaded ahead, not taken
                     if workers is not None:
                         workers.release()  # the next stage's model needs the GPU
@@ -196,6 +200,20 @@ def run_stages(
         if all(r.up_to_date for r in results):
             summary.status = "up to date"
     return summary
+
+
+def render_ahead(ctx: RunContext, config: dict[str, Any]) -> Any:
+    """While the video stage works, each new clip's segment is encoded for the render (not with load_ahead off, nor
+    in a batch, whose render runs after every run's video stage); None when not."""
+    if ahead.mode(config) == "off" or ctx.pool is None or ctx.pool.hold:
+        return None
+    try:
+        segments = render_stage.RenderAhead(ctx)
+    except StoryboardError as error:  # e.g. no font for a line: the render reports it
+        log.info("render: no segments made ahead (%s)", error)
+        return None
+    ctx.on_made = segments
+    return segments
 
 
 def run(

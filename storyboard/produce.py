@@ -92,6 +92,8 @@ def generate(
             if not tmp.is_file() or tmp.stat().st_size == 0:
                 raise StageError(f"{item.rel}: the backend wrote no data")
         ctx.manifest.record(item.rel, item.path, item.inputs, seconds=round(time.monotonic() - started, 3), **extra)
+        if ctx.on_made is not None:
+            ctx.on_made(item.rel, item.number)
 
     with ctx.reporter.stage(result.stage, len(todo)) as advance:
         if workers > 1:

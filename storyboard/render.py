@@ -9,6 +9,7 @@ Segments left to encode run side by side, each ffmpeg with its share of the core
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,39 +58,54 @@ class Segment:
     video_duration: float = 0.0
 
 
+def segment_of(ctx: RunContext, n: int, start: float = 0.0) -> Segment:
+    """Beat `n`'s clip as a segment of the final starting at `start`; StageError if its speech would be cut."""
+    plan, fps = ctx.plan, ctx.plan.fps
+    clip = ctx.rd.clip(n, plan.beat_type(n))
+    if not clip.is_file():
+        raise StageError(f"render: no clip for beat {n} ({ctx.rd.rel(clip)}); run `storyboard video` first")
+    info = probe(clip)
+    if info.video_duration is None:
+        raise StageError(f"render: {ctx.rd.rel(clip)} has no video stream")
+    spoken = video_stage.speaking(ctx, n)
+    speech = None
+    if spoken:
+        wav = ctx.rd.audio(n)
+        if not wav.is_file():
+            raise StageError(f"render: beat {n} speaks but {ctx.rd.rel(wav)} is missing; run `storyboard video`")
+        span = speech_span(decode_audio(wav), 16000)
+        speech = span or (0.0, video_stage.wav_duration(wav))
+        if info.audio_duration is None or info.audio_duration + 0.05 < speech[1]:
+            raise StageError(
+                f"render: beat {n}'s clip carries {info.audio_duration or 0:.2f} s of audio but its speech lasts "
+                f"{speech[1]:.2f} s: the punchline would be cut; regenerate it with --regen-beats {n}"
+            )
+    # AAC pads its last frame (~21-23 ms): that padding must not add a video frame; speech is exact.
+    seconds = max(info.video_duration, (info.audio_duration or 0.0) - AAC_SLACK_S, speech[1] if speech else 0.0)
+    seconds = math.ceil(round(seconds * fps, 6)) / fps
+    conform = not (info.width == plan.width and info.height == plan.height and info.fps == fps
+                   and info.pix_fmt == "yuv420p" and info.sar in (None, 0, 1))
+    return Segment(n, clip, start, seconds, info.audio_duration is not None, speech, spoken[1] if spoken else "",
+                   conform, info.video_duration)
+
+
 def segments_of(ctx: RunContext) -> list[Segment]:
     """Each beat's clip laid out on the final's timeline; StageError if speech would be cut."""
-    plan, fps = ctx.plan, ctx.plan.fps
     segments, start = [], 0.0
-    for n in plan.beat_numbers:
-        clip = ctx.rd.clip(n, plan.beat_type(n))
-        if not clip.is_file():
-            raise StageError(f"render: no clip for beat {n} ({ctx.rd.rel(clip)}); run `storyboard video` first")
-        info = probe(clip)
-        if info.video_duration is None:
-            raise StageError(f"render: {ctx.rd.rel(clip)} has no video stream")
-        spoken = video_stage.speaking(ctx, n)
-        speech = None
-        if spoken:
-            wav = ctx.rd.audio(n)
-            if not wav.is_file():
-                raise StageError(f"render: beat {n} speaks but {ctx.rd.rel(wav)} is missing; run `storyboard video`")
-            span = speech_span(decode_audio(wav), 16000)
-            speech = span or (0.0, video_stage.wav_duration(wav))
-            if info.audio_duration is None or info.audio_duration + 0.05 < speech[1]:
-                raise StageError(
-                    f"render: beat {n}'s clip carries {info.audio_duration or 0:.2f} s of audio but its speech lasts "
-                    f"{speech[1]:.2f} s: the punchline would be cut; regenerate it with --regen-beats {n}"
-                )
-        # AAC pads its last frame (~21-23 ms): that padding must not add a video frame; speech is exact.
-        seconds = max(info.video_duration, (info.audio_duration or 0.0) - AAC_SLACK_S, speech[1] if speech else 0.0)
-        seconds = math.ceil(round(seconds * fps, 6)) / fps
-        conform = not (info.width == plan.width and info.height == plan.height and info.fps == fps
-                       and info.pix_fmt == "yuv420p" and info.sar in (None, 0, 1))
-        segments.append(Segment(n, clip, start, seconds, info.audio_duration is not None, speech, spoken[1] if spoken else "",
-                                conform, info.video_duration))
-        start += seconds
+    for n in ctx.plan.beat_numbers:
+        segments.append(segment_of(ctx, n, start))
+        start += segments[-1].duration
     return segments
+
+
+def fonts_of(ctx: RunContext) -> FontSet:
+    """The fonts for the hook title and every spoken line's subtitle chunks (the plan alone decides them)."""
+    text = ctx.plan.hook.title_overlay
+    for n in ctx.plan.beat_numbers:
+        spoken = video_stage.speaking(ctx, n)
+        if spoken and spoken[1]:
+            text += "".join(pack(spoken[1]))
+    return find_fonts(text)
 
 
 def cues_of(segments: list[Segment], local: bool = False) -> list[Cue]:
@@ -116,21 +132,51 @@ class Picture:
         return Piece(self.seg.duration, self.seg.has_audio, self.seg.conform, self.seg.video_duration)
 
 
-def pictures_of(ctx: RunContext, segments: list[Segment], hashes: list[str], fonts: FontSet) -> list[Picture]:
-    """Each segment's picture and the cache file it lives in (its name holds the key of everything it shows)."""
+def picture_of(ctx: RunContext, seg: Segment, clip_hash: str, fonts: FontSet) -> Picture:
+    """A segment's picture and the cache file it lives in (its name holds the key of everything it shows)."""
     plan, settings = ctx.plan, ctx.config.get("render", {})
-    pictures = []
-    for i, (seg, clip_hash) in enumerate(zip(segments, hashes, strict=True)):
-        cues = cues_of([seg], local=True)
-        title = plan.hook.title_overlay if i == 0 else ""
-        key = content_key({
-            "segment": SEGMENT_VERSION, "clip": clip_hash, "piece": [seg.duration, seg.conform, seg.video_duration],
-            "cues": [[round(c.start, 3), round(c.end, 3), c.text] for c in cues], "title": title,
-            "fonts": [f.family for f in fonts.fonts], "size": [plan.width, plan.height], "fps": plan.fps,
-            "preset": str(settings.get("preset", "veryfast")), "crf": str(settings.get("crf", 20)),
-        })
-        pictures.append(Picture(seg, cues, title, ctx.rd.segment(seg.number, key)))
-    return pictures
+    cues = cues_of([seg], local=True)
+    title = plan.hook.title_overlay if seg.number == plan.beat_numbers[0] else ""
+    key = content_key({
+        "segment": SEGMENT_VERSION, "clip": clip_hash, "piece": [seg.duration, seg.conform, seg.video_duration],
+        "cues": [[round(c.start, 3), round(c.end, 3), c.text] for c in cues], "title": title,
+        "fonts": [f.family for f in fonts.fonts], "size": [plan.width, plan.height], "fps": plan.fps,
+        "preset": str(settings.get("preset", "veryfast")), "crf": str(settings.get("crf", 20)),
+    })
+    return Picture(seg, cues, title, ctx.rd.segment(seg.number, key))
+
+
+class RenderAhead:
+    """Encodes a beat's segment as soon as the video stage has published its clip (`RunContext.on_made`), on one
+    thread with a quarter of the cores beside the stage, so the render that follows only joins them. A segment that
+    fails here is only logged: the render encodes what is missing. `close()` waits for the encodes."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.fonts = fonts_of(ctx)
+        self._folder = font_folder(self.fonts)
+        self.fontsdir = self._folder.__enter__()
+        self.threads = max(1, (os.cpu_count() or 2) // 4)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="render-ahead")
+        self._futures: list[Future[None]] = []
+
+    def __call__(self, rel: str, number: int) -> None:
+        if rel.startswith("clips/"):
+            self._futures.append(self._pool.submit(contextvars.copy_context().run, self._encode, number))
+
+    def _encode(self, number: int) -> None:
+        seg = segment_of(self.ctx, number)
+        picture = picture_of(self.ctx, seg, file_hash(seg.clip), self.fonts)
+        if not picture.path.is_file():
+            encode_picture(self.ctx, picture, self.fonts, self.fontsdir, self.threads)
+            self.ctx.calls["render.segment"] += 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for future in self._futures:
+            if future.exception() is not None:
+                log.warning("render: a segment made ahead failed (%s); the render makes it", future.exception())
+        self._folder.__exit__(None, None, None)
 
 
 def encode_picture(ctx: RunContext, picture: Picture, fonts: FontSet, fontsdir: Path, threads: int) -> None:
@@ -273,7 +319,7 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
     # 1. Check inputs and lay out the beats.
     segments = segments_of(ctx)
     cues = cues_of(segments)
-    fonts = find_fonts(plan.hook.title_overlay + "".join(c.text for c in cues))
+    fonts = fonts_of(ctx)
     # 2. Key: skip when final.mp4 is current.
     inputs = render_inputs(ctx, segments, cues, fonts)
     rel = ctx.rd.rel(ctx.rd.final)
@@ -289,7 +335,7 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
     hook_end = segments[0].duration
     write_text_atomic(ctx.rd.subs_ass, write_ass(cues, plan.hook.title_overlay, hook_end, plan.width, plan.height, fonts.family))
     write_text_atomic(ctx.rd.subs_srt, write_srt(cues))
-    pictures = pictures_of(ctx, segments, inputs["clips"], fonts)
+    pictures = [picture_of(ctx, seg, clip_hash, fonts) for seg, clip_hash in zip(segments, inputs["clips"], strict=True)]
     pieces = [p.piece for p in pictures]
     clips = [ctx.rd.rel(seg.clip) for seg in segments]
     music = music_of(ctx)

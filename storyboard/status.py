@@ -12,7 +12,6 @@ from . import video as video_stage
 from . import visual as visual_stage
 from .context import RunContext
 from .errors import StageError
-from .fonts import find_fonts
 
 _REDO = ("stale", "missing")
 
@@ -64,7 +63,7 @@ def final_status(ctx: RunContext) -> Cell:
     except StageError as error:
         return Cell("missing" if not ctx.rd.final.is_file() else "stale", str(error).split("\n")[0])
     cues = render_stage.cues_of(segments)
-    fonts = find_fonts(ctx.plan.hook.title_overlay + "".join(c.text for c in cues))
+    fonts = render_stage.fonts_of(ctx)
     inputs = render_stage.render_inputs(ctx, segments, cues, fonts)
     fresh = ctx.manifest.check(ctx.rd.rel(ctx.rd.final), ctx.rd.final, inputs)
     return Cell(fresh.state, ", ".join(fresh.why))

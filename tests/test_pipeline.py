@@ -90,3 +90,27 @@ def test_copy_is_independent(offline_run: Path, run_copy: Path) -> None:
     assert media_hashes(offline_run) == media_hashes(run_copy)
     shutil.rmtree(run_copy / "clips")
     assert (offline_run / "clips").is_dir()
+
+
+def test_each_beats_picture_is_encoded_while_the_clips_are_made_and_the_render_joins_them(offline_run: Path) -> None:
+    import json
+
+    render = json.loads((offline_run / "run.json").read_text())["stages"]["render"]
+    assert (render["segments_encoded"], render["segments_cached"]) == (0, 11)  # all 11 made during the video stage
+    assert len(list((offline_run / "render").glob("seg_*.mp4"))) == 11
+
+
+def test_without_load_ahead_the_render_encodes_the_segments_and_drops_those_no_longer_shown(run_copy: Path, config: dict) -> None:
+    old = sorted(p.name for p in (run_copy / "render").glob("seg_*.mp4"))
+    shutil.rmtree(run_copy / "render")
+    config["load_ahead"] = "off"
+    summary = run_stages(run_copy, config, regen="none")
+    assert summary.calls == {"render.segment": 11, "render.encode": 1}
+    assert sorted(p.name for p in (run_copy / "render").glob("seg_*.mp4")) == old  # same keys, same names
+    edit_plan(run_copy, 3, line="Never. Rules are rules, and the answer is still no!")
+    summary = run_stages(run_copy, config)
+    assert summary.calls["render.segment"] == 1  # only the edited beat's picture
+    segments = sorted(p.name for p in (run_copy / "render").glob("seg_*.mp4"))
+    assert len(segments) == 11 and len(set(segments) - set(old)) == 1 and not any(name.startswith("seg_03_") for name in set(old) & set(segments))
+    info = probe(run_copy / "final.mp4")
+    assert info.video_codec == "h264" and abs((info.video_duration or 0) - (info.audio_duration or 0)) <= 0.1
