@@ -361,7 +361,11 @@ def main() -> None:
     config = config_for(paths, args.size, device, args.roomy)
     config["load_ahead"] = args.ahead
     config["load_ahead_stages"] = args.ahead_stages
-    reach = args.ahead_stages if args.ahead != "off" else 0  # stages after the current one whose models must exist
+    # Stages after the current one whose models must exist before it. The random models are built on the GPU, beside
+    # what the pool has loaded ahead: on a GPU under 100 GiB, where `auto` loads only one stage ahead anyway (the video
+    # models do not fit beside Flux and the judge), building LTX-2 two stages early would not fit either.
+    roomy_gpu = device == "cuda" and torch.cuda.get_device_properties(0).total_memory >= 100 * 2**30
+    reach = 0 if args.ahead == "off" else args.ahead_stages if roomy_gpu or device == "cpu" else 1
     pool = BackendPool(config)  # one pool across the stages' calls: what loads ahead in one stage is taken by the next
     pending: list[tuple[str, Any, float, float, float | None, float]] = []
 

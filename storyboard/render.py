@@ -355,12 +355,24 @@ def render(ctx: RunContext, force: bool = False) -> StageResult:
             "-map", "0:v", "-map", "[aout]", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-ar", str(SAMPLE_RATE), "-ac", "2",
             "-movflags", "+faststart", tmp.name,
         ]
-        ctx.calls["render.encode"] += 1
-        run_ffmpeg(args, cwd=ctx.rd.root, what="render", loglevel="error")
-        t3 = time.monotonic()
-        figures = check_final(tmp, segments, plan.width, plan.height, plan.fps)
-        figures.update(measure_s=round(t1 - t0, 3), segments_s=round(t2 - t1, 3), join_s=round(t3 - t2, 3),
-                       check_s=round(time.monotonic() - t3, 3), segments_encoded=encoded, segments_cached=len(pictures) - encoded)
+
+        def join() -> dict[str, Any]:
+            ctx.calls["render.encode"] += 1
+            run_ffmpeg(args, cwd=ctx.rd.root, what="render", loglevel="error")
+            return check_final(tmp, segments, plan.width, plan.height, plan.fps)
+
+        try:
+            figures = join()
+        except StageError as error:  # a cached segment damaged on disk: make them all again, once
+            if encoded == len(pictures):
+                raise
+            log.warning("render: the cached segments did not make a good final (%s); encoding them again", str(error).splitlines()[0])
+            for picture in pictures:
+                picture.path.unlink(missing_ok=True)
+            encoded = encode_pictures(ctx, pictures, fonts, fontsdir)
+            figures = join()
+        figures.update(measure_s=round(t1 - t0, 3), segments_s=round(t2 - t1, 3), join_s=round(time.monotonic() - t2, 3),
+                       segments_encoded=encoded, segments_cached=len(pictures) - encoded)
         figures.update(gain_db=round(gain, 2))
         advance("final.mp4")
     keep = {p.path.name for p in pictures}

@@ -91,3 +91,16 @@ def test_case_14_corrupt_manifest_warns_and_is_rebuilt_without_losing_work(
     assert "rebuilding it from the files on disk" in caplog.text
     assert summary.calls.get("image.draw", 0) == 0 and summary.calls.get("tts.speak", 0) == 0
     assert changed(before, media_hashes(run_copy)) <= {"final.mp4"}
+
+
+def test_a_damaged_cached_segment_is_encoded_again_and_the_final_is_whole(run_copy: Path, config: dict, caplog: pytest.LogCaptureFixture) -> None:
+    segment = sorted((run_copy / "render").glob("seg_05_*.mp4"))[0]
+    segment.write_bytes(segment.read_bytes()[: segment.stat().st_size // 3])  # a disk or copy cut it short
+    summary = run_stages(run_copy, config, regen="none")
+    assert summary.status == "ok"
+    assert "the cached segments did not make a good final" in caplog.text
+    assert summary.calls == {"render.encode": 2, "render.segment": 11}  # one failed join, all segments made again
+    from storyboard.media import probe
+
+    info = probe(run_copy / "final.mp4")
+    assert abs((info.video_duration or 0) - (info.audio_duration or 0)) <= 0.1
