@@ -188,7 +188,7 @@ def encode_picture(ctx: RunContext, picture: Picture, fonts: FontSet, fontsdir: 
         args = [
             "-i", ctx.rd.rel(picture.seg.clip), "-filter_complex", segment_graph(picture.piece, plan.width, plan.height, plan.fps, str(subs), fontsdir),
             "-map", "[vout]", "-an", "-r", str(plan.fps), "-fps_mode", "cfr", "-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p",
-            "-preset", str(settings.get("preset", "veryfast")), "-crf", str(settings.get("crf", 20)), "-threads", str(threads), str(tmp),
+            "-preset", str(settings.get("preset", "veryfast")), "-crf", str(settings.get("crf", 20)), "-threads", str(threads), str(tmp.resolve()),  # ffmpeg runs in the run folder: never a relative path
         ]
         check_glyphs(run_ffmpeg(args, cwd=ctx.rd.root, what=f"render (beat {picture.seg.number})", loglevel="warning"))
 

@@ -114,3 +114,10 @@ def test_without_load_ahead_the_render_encodes_the_segments_and_drops_those_no_l
     assert len(segments) == 11 and len(set(segments) - set(old)) == 1 and not any(name.startswith("seg_03_") for name in set(old) & set(segments))
     info = probe(run_copy / "final.mp4")
     assert info.video_codec == "h264" and abs((info.video_duration or 0) - (info.audio_duration or 0)) <= 0.1
+
+
+def test_a_run_named_by_a_relative_path_renders(run_copy: Path, config: dict, monkeypatch) -> None:
+    shutil.rmtree(run_copy / "render")
+    monkeypatch.chdir(run_copy.parent)  # `storyboard run --idea ...` with the default relative `--out outputs`
+    summary = run_stages(Path(run_copy.name), config, regen="none")
+    assert summary.status == "ok" and summary.calls["render.segment"] == 11
