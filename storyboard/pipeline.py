@@ -17,7 +17,7 @@ from . import ahead
 from . import render as render_stage
 from .context import BackendPool, RunContext, StageResult, parse_beat_list
 from .distribute import Workers, make_workers
-from .errors import InputError, StageError, StoryboardError
+from .errors import InputError, StageError
 from .formats import load_format
 from .judge import judge
 from .manifest import Manifest
@@ -207,13 +207,8 @@ def render_ahead(ctx: RunContext, config: dict[str, Any]) -> Any:
     in a batch, whose render runs after every run's video stage); None when not."""
     if ahead.mode(config) == "off" or ctx.pool is None or ctx.pool.hold:
         return None
-    try:
-        segments = render_stage.RenderAhead(ctx)
-    except StoryboardError as error:  # e.g. no font for a line: the render reports it
-        log.info("render: no segments made ahead (%s)", error)
-        return None
-    ctx.on_made = segments
-    return segments
+    ctx.on_made = render_stage.RenderAhead(ctx)
+    return ctx.on_made
 
 
 def run(

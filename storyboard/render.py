@@ -148,35 +148,39 @@ def picture_of(ctx: RunContext, seg: Segment, clip_hash: str, fonts: FontSet) ->
 
 class RenderAhead:
     """Encodes a beat's segment as soon as the video stage has published its clip (`RunContext.on_made`), on one
-    thread with a quarter of the cores beside the stage, so the render that follows only joins them. A segment that
-    fails here is only logged: the render encodes what is missing. `close()` waits for the encodes."""
+    thread with a quarter of the cores beside the stage, so the render that follows only joins them. Fonts are
+    chosen at the first clip (a stage with nothing to make looks for none). A segment that fails here is only logged:
+    the render encodes what is missing. `close()` waits for the encodes."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.fonts = fonts_of(ctx)
-        self._folder = font_folder(self.fonts)
-        self.fontsdir = self._folder.__enter__()
         self.threads = max(1, (os.cpu_count() or 2) // 4)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="render-ahead")
         self._futures: list[Future[None]] = []
+        self._folders = contextlib.ExitStack()
+        self._fonts: tuple[FontSet, Path] | None = None
 
     def __call__(self, rel: str, number: int) -> None:
         if rel.startswith("clips/"):
             self._futures.append(self._pool.submit(contextvars.copy_context().run, self._encode, number))
 
     def _encode(self, number: int) -> None:
+        if self._fonts is None:
+            fonts = fonts_of(self.ctx)
+            self._fonts = fonts, self._folders.enter_context(font_folder(fonts))
+        fonts, fontsdir = self._fonts
         seg = segment_of(self.ctx, number)
-        picture = picture_of(self.ctx, seg, file_hash(seg.clip), self.fonts)
+        picture = picture_of(self.ctx, seg, file_hash(seg.clip), fonts)
         if not picture.path.is_file():
-            encode_picture(self.ctx, picture, self.fonts, self.fontsdir, self.threads)
+            encode_picture(self.ctx, picture, fonts, fontsdir, self.threads)
             self.ctx.calls["render.segment"] += 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        for future in self._futures:
-            if future.exception() is not None:
-                log.warning("render: a segment made ahead failed (%s); the render makes it", future.exception())
-        self._folder.__exit__(None, None, None)
+        failed = [f.exception() for f in self._futures if f.exception() is not None]
+        if failed:
+            log.warning("render: %d segment(s) made ahead failed (first: %s); the render makes them", len(failed), failed[0])
+        self._folders.close()
 
 
 def encode_picture(ctx: RunContext, picture: Picture, fonts: FontSet, fontsdir: Path, threads: int) -> None:
