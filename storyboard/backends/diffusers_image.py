@@ -130,7 +130,7 @@ class DiffusersImage(BackendBase, LoadedModel):
             device = device_of(self.settings)
             dtype = dtype_of(self.settings, device)
             self.device = device
-            self.pipe = load_pipeline(self.settings, self.model_ref, "image", dtype, device)
+            self.pipe = load_pipeline(self.settings, self.model_ref, "image", dtype, device, siblings=True)
             if self.edit_mode == "none":
                 return
             if self.edit_ref and self.edit_mode == "auto":

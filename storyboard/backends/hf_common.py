@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,15 @@ def load_pretrained(settings: dict[str, Any], ref: str, what: str, model_class: 
     return processor, (to_device(model, device) if staged else model).eval()
 
 
-def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, device: str, shared: dict[str, Any] | None = None) -> Any:
+def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, device: str, shared: dict[str, Any] | None = None,
+                  siblings: bool = False) -> Any:
     """A diffusers pipeline from a local checkpoint with the memory settings every diffusers backend shares:
     components to reuse from an already loaded pipeline (`shared`), nf4 text encoders (`text_encoder_4bit`), fp8
     layerwise storage of the denoiser (`fp8`) and of the VAE (`fp8_vae`), VAE tiling (`vae_tiling`; video VAEs also
-    `vae_temporal_tile_frames`), and offload none|model|group|sequential."""
+    `vae_temporal_tile_frames`), and offload none|model|group|sequential. With `siblings` (a backend that changes
+    nothing in the pipeline after this), a second GPU copies the pipeline from the first (`Siblings`)."""
     with LOAD_LOCK:  # diffusers' lazy imports and from_pretrained are not safe in two threads at once
-        import torch
-        from diffusers import DiffusionPipeline, PipelineQuantizationConfig
+        from diffusers import PipelineQuantizationConfig
 
     path = resolve_model(ref, what)
     index = model_index(path)
@@ -130,19 +132,29 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
             kwargs["quantization_config"] = PipelineQuantizationConfig(
                 quant_backend="bitsandbytes_4bit", components_to_quantize=todo,
                 quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype})
+    key = _sibling_key(path, settings, dtype, device, shared) if siblings else None
+    source = SIBLINGS.claim(key, device) if key is not None else None
+    if source is not None:  # the same checkpoint with the same settings is on another GPU: copy it from there
+        return clone_pipeline(source, device, settings, dtype)
+    try:
+        pipe = _load_pipeline(settings, path, what, kwargs, dtype, device)
+    except BaseException:
+        if key is not None:
+            SIBLINGS.failed(key, device)
+        raise
+    if key is not None:
+        SIBLINGS.loaded(key, device, pipe)
+    return pipe
+
+
+def _load_pipeline(settings: dict[str, Any], path: Path, what: str, kwargs: dict[str, Any], dtype: Any, device: str) -> Any:
+    import torch
+
     with LOAD_LOCK:
+        from diffusers import DiffusionPipeline
+
         pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
-    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
-    if settings.get("fp8") and denoiser is not None:
-        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-    if settings.get("fp8_vae") and getattr(pipe, "vae", None) is not None:
-        pipe.vae.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-    if settings.get("vae_tiling") and getattr(pipe, "vae", None) is not None:
-        pipe.vae.enable_tiling()
-    frames = int(settings.get("vae_temporal_tile_frames") or 0)
-    if frames and hasattr(getattr(pipe, "vae", None), "use_framewise_decoding"):  # video VAEs (LTX): tiles along time too
-        pipe.vae.enable_tiling(tile_sample_min_num_frames=frames, tile_sample_stride_num_frames=max(8, frames - 8))
-        pipe.vae.use_framewise_encoding = pipe.vae.use_framewise_decoding = True
+    memory_settings(pipe, settings, dtype)
     offload = str(settings.get("offload", "none"))
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -156,6 +168,108 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
         raise PreflightError(f"{what}: offload {offload!r}; choose none, model, group or sequential")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def memory_settings(pipe: Any, settings: dict[str, Any], dtype: Any) -> None:
+    """fp8 storage of the denoiser (`fp8`) and VAE (`fp8_vae`), VAE tiling (`vae_tiling`, `vae_temporal_tile_frames`)."""
+    torch = _torch()
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    if settings.get("fp8") and denoiser is not None:
+        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if settings.get("fp8_vae") and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if settings.get("vae_tiling") and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_tiling()
+    frames = int(settings.get("vae_temporal_tile_frames") or 0)
+    if frames and hasattr(getattr(pipe, "vae", None), "use_framewise_decoding"):  # video VAEs (LTX): tiles along time too
+        pipe.vae.enable_tiling(tile_sample_min_num_frames=frames, tile_sample_stride_num_frames=max(8, frames - 8))
+        pipe.vae.use_framewise_encoding = pipe.vae.use_framewise_decoding = True
+
+
+def _sibling_key(path: Path, settings: dict[str, Any], dtype: Any, device: str, shared: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What makes two loads the same pipeline, for loads that may be copied GPU to GPU (None for the others: not on
+    a GPU, 4-bit encoders, offloading, or components borrowed from another pipeline)."""
+    if not device.startswith("cuda") or shared or settings.get("text_encoder_4bit") or str(settings.get("offload", "none")) != "none":
+        return None
+    options = ("fp8", "fp8_vae", "vae_tiling", "vae_temporal_tile_frames")
+    return (str(path.resolve()), str(dtype), *(repr(settings.get(name)) for name in options))
+
+
+class Siblings:
+    """Pipelines this process holds on its GPUs, by checkpoint and memory settings. Under `--gpus 0,1` every GPU
+    loads the stage's model; the first reads the checkpoint and the others wait for it and copy its weights GPU to
+    GPU (`clone_pipeline`), instead of reading it again one after another (checkpoint reads are serialised).
+    Only weak references are kept: a pipeline released by its backend is gone from here too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._held: dict[tuple[Any, ...], dict[str, Any]] = {}  # key -> device -> weakref to its pipeline
+        self._loading: dict[tuple[Any, ...], str] = {}  # key -> the device whose load is under way
+
+    def claim(self, key: tuple[Any, ...], device: str) -> Any:
+        """A pipeline of `key` on another device to copy (waiting for a load of it under way), or None: the caller
+        loads it (and then says `loaded` or `failed`)."""
+        with self._lock:
+            while True:
+                for other, ref in self._held.get(key, {}).items():
+                    pipe = ref()
+                    if other != device and pipe is not None:
+                        return pipe
+                if self._loading.get(key, device) == device:
+                    self._loading[key] = device
+                    return None
+                self._lock.wait()
+
+    def loaded(self, key: tuple[Any, ...], device: str, pipe: Any) -> None:
+        with self._lock:
+            self._held.setdefault(key, {})[device] = weakref.ref(pipe)
+            if self._loading.get(key) == device:
+                del self._loading[key]
+            self._lock.notify_all()
+
+    def failed(self, key: tuple[Any, ...], device: str) -> None:
+        with self._lock:
+            if self._loading.get(key) == device:
+                del self._loading[key]
+            self._lock.notify_all()
+
+
+SIBLINGS = Siblings()
+
+
+def clone_pipeline(pipe: Any, device: str, settings: dict[str, Any], dtype: Any) -> Any:
+    """A copy of loaded pipeline `pipe` on `device`, without reading the checkpoint: each model is built empty from
+    its config and given copies of `pipe`'s weights made straight from its GPU (peer to peer where the GPUs allow;
+    tied weights stay tied, fp8 storage stays fp8), then the memory settings are applied as a load applies them.
+    Tokenizers and the scheduler are copied (they keep state)."""
+    import copy
+
+    from accelerate import init_empty_weights
+
+    torch = _torch()
+    dev = torch.device(device)
+    copies: dict[int, Any] = {}
+    parts: dict[str, Any] = {}
+    for name, part in pipe.components.items():
+        if not isinstance(part, torch.nn.Module):
+            parts[name] = copy.deepcopy(part)
+            continue
+        with init_empty_weights():
+            twin = type(part)._from_config(part.config) if hasattr(part, "_from_config") else type(part).from_config(part.config)
+        state = {}
+        for key, tensor in part.state_dict(keep_vars=True).items():
+            if id(tensor) not in copies:  # a Parameter is assigned as given: tied weights stay one Parameter
+                moved = tensor.detach().to(dev, non_blocking=True, copy=True)
+                copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else moved
+            state[key] = copies[id(tensor)]
+        twin.load_state_dict(state, strict=True, assign=True)
+        parts[name] = twin.to(dev).eval()  # buffers kept outside the state dict follow
+    twin = type(pipe)(**parts)
+    memory_settings(twin, settings, dtype)
+    twin.set_progress_bar_config(disable=True)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return twin
 
 
 class _Stager:
