@@ -37,6 +37,47 @@ def backends_only(ctx) -> None:  # noqa: ANN001 - the preflight hook's signature
         raise SystemExit("; ".join(f"{c.name}: {c.detail}" for c in bad))
 
 
+def load_profile(model: Path, devices: int) -> dict[str, float]:
+    """Where a load's seconds go, in this process: the checkpoint read to the CPU (diffusers' default, and with its
+    parallel shard loading), the move to the GPU, the product's whole load, and a second GPU's copy of it."""
+    import diffusers.models.modeling_utils as modeling_utils
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from storyboard.backends import hf_common
+
+    out: dict[str, float] = {}
+
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        value = fn()
+        torch.cuda.synchronize()
+        out[name] = round(time.perf_counter() - started, 3)
+        print(f"load profile: {name} {out[name]} s", flush=True)
+        return value
+
+    cpu = timed("from_pretrained_cpu", lambda: DiffusionPipeline.from_pretrained(model, dtype=torch.bfloat16))
+    timed("to_device", lambda: hf_common.to_device(cpu, "cuda:0"))
+    cpu = None
+    hf_common.free_memory()
+    modeling_utils.HF_ENABLE_PARALLEL_LOADING = True
+    try:
+        timed("from_pretrained_cpu_parallel", lambda: DiffusionPipeline.from_pretrained(model, dtype=torch.bfloat16))
+    finally:
+        modeling_utils.HF_ENABLE_PARALLEL_LOADING = False
+    settings = {"device": "cuda:0"}
+    pipe = timed("load_pipeline", lambda: hf_common.load_pipeline(settings, str(model), "image", torch.bfloat16, "cuda:0", siblings=True))
+    if devices > 1:
+        twin = timed("clone_to_cuda1", lambda: hf_common.load_pipeline({"device": "cuda:1"}, str(model), "image", torch.bfloat16, "cuda:1", siblings=True))
+        out["weights_gib"] = round(sum(p.numel() * p.element_size() for m in twin.components.values() if isinstance(m, torch.nn.Module)
+                                       for p in m.parameters()) / 2**30, 2)
+        del twin
+    del pipe
+    hf_common.free_memory()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/sb-batch"))
@@ -44,6 +85,7 @@ def main() -> None:
     parser.add_argument("--quality", default="draft")
     parser.add_argument("--gpu-sets", default="0;0,1")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--load-profile", action="store_true", help="time the parts of a load first")
     args = parser.parse_args()
     import torch
 
@@ -61,6 +103,8 @@ def main() -> None:
     ideas.write_text("\n".join(IDEAS) + "\n")
     pipeline.preflight = backends_only  # type: ignore[assignment]
     results = {"gpus_on_host": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "quality": args.quality, "runs": []}
+    if args.load_profile and torch.cuda.is_available():
+        results["load_profile"] = load_profile(model, torch.cuda.device_count())
     for gpus in args.gpu_sets.split(";"):
         out = args.out / f"runs-{gpus.replace(',', '_')}"
         shutil.rmtree(out, ignore_errors=True)
@@ -69,7 +113,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
         row = {"gpus": gpus, "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
-               "images": images, "images_per_s": round(images / seconds, 4), "loads": summary["loads"]}
+               "images": images, "images_per_s": round(images / seconds, 4), "loads": summary["loads"],
+               "workers": summary.get("workers", {}), "plan_s": round(sum(r["stages"].get("plan", 0) for r in summary["runs"]), 3)}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
     if len(results["runs"]) == 2:

@@ -146,6 +146,7 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
             if workers is not None:
                 workers.release()
         worker_loads = workers.loads() if workers is not None else {}
+        worker_figures = workers.figures() if workers is not None else {}
     finally:
         if workers is not None:
             workers.close()
@@ -160,6 +161,7 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
         "runs": [asdict(r) for r in results],
         "failed": [{"line": r.line, "idea": r.idea, "error": r.error} for r in results if r.status != "ok"],
         "loads": dict(loads),
+        **({"workers": worker_figures} if worker_figures else {}),
         "calls": dict(calls),
         "seconds": round(time.monotonic() - started, 3),
     }

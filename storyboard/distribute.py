@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +56,10 @@ class Workers:
     def loads(self) -> dict[str, int]:
         return {}
 
+    def figures(self) -> dict[str, Any]:
+        """Per capability and worker: beats made, seconds spent loading and making (where the workers keep them)."""
+        return {}
+
     def close(self) -> None:
         self.release()
 
@@ -65,16 +71,29 @@ class LocalGPUs(Workers):
         self.size = len(devices)
         self._free: queue.Queue[tuple[str, BackendPool]] = queue.Queue()
         self._pools = [(d, BackendPool(_with_device(config, d), hold=True)) for d in devices]
+        self._names = {id(pool): d if devices.count(d) == 1 else f"{d}#{i}" for i, (d, pool) in enumerate(self._pools)}
+        self._lock = threading.Lock()
+        self._figures: dict[str, dict[str, Counter[str]]] = {}
         for entry in self._pools:
             self._free.put(entry)
 
     def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
         device, pool = self._free.get()
+        started = loaded = time.monotonic()
         try:
             with pool.loaded(capability.split(".")[0], ctx.calls) as backend:
+                loaded = time.monotonic()
                 return {**_maker(capability)(ctx, backend, item, tmp), "device": device}
         finally:
+            ended = time.monotonic()
+            with self._lock:
+                row = self._figures.setdefault(capability.split(".")[0], {}).setdefault(self._names[id(pool)], Counter())
+                row.update(beats=1, load_s=loaded - started, make_s=ended - loaded)
             self._free.put((device, pool))
+
+    def figures(self) -> dict[str, Any]:
+        with self._lock:
+            return {cap: {device: {k: round(v, 3) for k, v in row.items()} for device, row in rows.items()} for cap, rows in self._figures.items()}
 
     def release(self) -> None:
         for _, pool in self._pools:

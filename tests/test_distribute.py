@@ -72,6 +72,11 @@ def test_beats_split_across_devices_leave_the_same_run(tmp_path: Path) -> None:
     manifest = json.loads((roots[1] / "run.json").read_text())
     assert {a.get("device") for rel, a in manifest["artifacts"].items() if rel.startswith("beats/")} == {"cpu"}
     assert workers.loads()["image"] <= 2
+    # Per worker: beats made and the seconds spent loading and making them (the batch summary's "workers").
+    figures = workers.figures()
+    images = sum(1 for rel in manifest["artifacts"] if rel.startswith("beats/"))
+    assert sum(row["beats"] for row in figures["image"].values()) == images and set(figures["image"]) <= {"cpu#0", "cpu#1"}
+    assert all(row["make_s"] > 0 and row["load_s"] >= 0 for rows in figures.values() for row in rows.values())
 
 
 def test_ray_and_gpus_together_is_refused() -> None:
