@@ -61,36 +61,41 @@ class BackendPool:
         self._ahead: dict[str, Future[float]] = {}
         self._work: dict[str, Future[Any]] = {}  # work done ahead (e.g. the video stage's speech)
         self.after_load: Callable[[], None] | None = None  # run once after the next load (the next stage's load ahead)
+        self._lock = threading.RLock()
+        self._made_lock = threading.Lock()
 
     def get(self, capability: str) -> Any:
         """The configured backend (built, not loaded)."""
-        if capability not in self._made:
-            self._made[capability] = backends.create(capability, self.config.get(capability, {}))
-        return self._made[capability]
+        with self._made_lock:  # not the load lock: asking for a backend never waits for a load
+            if capability not in self._made:
+                self._made[capability] = backends.create(capability, self.config.get(capability, {}))
+            return self._made[capability]
 
     @contextlib.contextmanager
     def loaded(self, capability: str, calls: Counter[str]) -> Iterator[Any]:
         """The backend with its model loaded (loading it only if it is not already)."""
-        backend = self.get(capability)
-        if capability in self._ahead and self._collect(capability):
-            calls[f"{capability}.load"] += 1
-        if capability not in self._open:
-            started = time.monotonic()
-            backend.__enter__()
-            self._open[capability] = 0
-            self.loads[capability] += 1
-            calls[f"{capability}.load"] += 1
-            log.info("%s: %s loaded in %.1f s", capability, backend.name, time.monotonic() - started)
-        if self.after_load is not None:
+        with self._lock:  # threads sharing this pool (two beats in flight on one GPU) load it once
+            backend = self.get(capability)
+            if capability in self._ahead and self._collect(capability):
+                calls[f"{capability}.load"] += 1
+            if capability not in self._open:
+                started = time.monotonic()
+                backend.__enter__()
+                self._open[capability] = 0
+                self.loads[capability] += 1
+                calls[f"{capability}.load"] += 1
+                log.info("%s: %s loaded in %.1f s", capability, backend.name, time.monotonic() - started)
             then, self.after_load = self.after_load, None
-            then()
-        self._open[capability] += 1
+            self._open[capability] += 1
         try:
+            if then is not None:
+                then()
             yield backend
         finally:
-            self._open[capability] -= 1
-            if not self.hold:
-                self._close(capability)
+            with self._lock:
+                self._open[capability] -= 1
+                if not self.hold:
+                    self._close(capability)
 
     def has(self, capability: str) -> bool:
         """True when `capability` is loaded, loading ahead, or (`work:NAME`) its work is under way or done."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from .context import BackendPool, RunContext
 from .errors import InputError, StageError
-from .produce import Item
+from .produce import Item, in_flight
 
 log = logging.getLogger("storyboard")
 
@@ -65,31 +65,46 @@ class Workers:
 
 
 class LocalGPUs(Workers):
-    """One backend pool per local GPU; a beat goes to whichever device is free."""
+    """One backend pool per local GPU; a beat goes to the device with the fewest beats in flight, each device taking
+    as many at a time as its backend does (the image and video backends: one on the GPU, one being saved)."""
+
+    slots = 2  # the most beats in flight on one device, whatever the backend
 
     def __init__(self, config: dict[str, Any], devices: list[str]) -> None:
-        self.size = len(devices)
-        self._free: queue.Queue[tuple[str, BackendPool]] = queue.Queue()
+        self.size = len(devices) * self.slots
         self._pools = [(d, BackendPool(_with_device(config, d), hold=True)) for d in devices]
-        self._names = {id(pool): d if devices.count(d) == 1 else f"{d}#{i}" for i, (d, pool) in enumerate(self._pools)}
-        self._lock = threading.Lock()
+        self._names = [d if devices.count(d) == 1 else f"{d}#{i}" for i, d in enumerate(devices)]
+        self._busy = [0] * len(devices)
+        self._lock = threading.Condition()
         self._figures: dict[str, dict[str, Counter[str]]] = {}
-        for entry in self._pools:
-            self._free.put(entry)
+
+    def _take(self, capability: str) -> int:
+        limits = [min(self.slots, in_flight(pool.get(capability))) for _, pool in self._pools]
+        with self._lock:
+            while True:
+                free = [i for i in range(len(self._pools)) if self._busy[i] < limits[i]]
+                if free:
+                    chosen = min(free, key=lambda i: self._busy[i])
+                    self._busy[chosen] += 1
+                    return chosen
+                self._lock.wait()
 
     def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
-        device, pool = self._free.get()
+        cap = capability.split(".")[0]
+        index = self._take(cap)
+        device, pool = self._pools[index]
         started = loaded = time.monotonic()
         try:
-            with pool.loaded(capability.split(".")[0], ctx.calls) as backend:
+            with pool.loaded(cap, ctx.calls) as backend:
                 loaded = time.monotonic()
                 return {**_maker(capability)(ctx, backend, item, tmp), "device": device}
         finally:
             ended = time.monotonic()
             with self._lock:
-                row = self._figures.setdefault(capability.split(".")[0], {}).setdefault(self._names[id(pool)], Counter())
+                row = self._figures.setdefault(cap, {}).setdefault(self._names[index], Counter())
                 row.update(beats=1, load_s=loaded - started, make_s=ended - loaded)
-            self._free.put((device, pool))
+                self._busy[index] -= 1
+                self._lock.notify_all()
 
     def figures(self) -> dict[str, Any]:
         with self._lock:

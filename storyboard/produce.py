@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,11 +66,17 @@ def local_backend(ctx: RunContext, capability: str) -> contextlib.AbstractContex
 
 def producer(ctx: RunContext, capability: str, make: Callable[[RunContext, Any, Item, Path], dict[str, Any]],
              backend: Any) -> tuple[Callable[[Item, Path], dict[str, Any]], int]:
-    """(make(item, tmp), how many at a time): on the loaded local backend, or on the workers."""
+    """(make(item, tmp), how many at a time): on the workers, or on the loaded local backend, as many at a time as it
+    says (`workers`: e.g. one item on the GPU while the one before it is encoded or saved; 0 = one per core)."""
     if backend is None and ctx.workers is not None:
         workers = ctx.workers
         return (lambda item, tmp: workers.make(capability, ctx, item, tmp)), workers.size
-    return (lambda item, tmp: make(ctx, backend, item, tmp)), 1
+    return (lambda item, tmp: make(ctx, backend, item, tmp)), in_flight(backend)
+
+
+def in_flight(backend: Any) -> int:
+    """How many items a loaded backend takes at a time (its `workers`, default 1; 0 = one per core)."""
+    return int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
 
 
 def generate(

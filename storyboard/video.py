@@ -272,10 +272,8 @@ def animate_pending(ctx: RunContext, result: StageResult, figures: dict[str, Any
     with local_backend(ctx, "video") as backend:  # the early load stays open: no second load
         figures["video_load_s"] = round(time.monotonic() - load_started, 3)  # what the clips waited for
         make, workers = producer(ctx, "video", animate_one, backend)
-        if backend is not None:
-            workers = int(getattr(backend, "workers", 1)) or (os.cpu_count() or 1)
-            if hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
-                backend.prepare([clip_prompt(ctx, item.number) for item in todo])
+        if backend is not None and hasattr(backend, "prepare"):  # e.g. encode every prompt once, then free the text encoder
+            backend.prepare([clip_prompt(ctx, item.number) for item in todo])
         # An sfx clip that starts from the previous clip's last frame waits for that clip, and its key is taken
         # only then (it holds the previous clip's hash): rounds of clips whose predecessor is not pending.
         tried: set[int] = set()

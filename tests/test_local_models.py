@@ -262,3 +262,44 @@ def test_planner_static_cache_decodes_what_the_dynamic_cache_does(models: dict[s
     assert len(seen[0][1]) > 40 and seen[0][1] == seen[1][1]
     with pytest.raises(InputError, match="planner.cache: 'paged'; choose static or dynamic"):
         TransformersPlanner({"model": str(models["llm"]), "cache": "paged"})
+
+
+def test_two_beats_in_flight_share_the_pipeline_one_call_at_a_time(models: dict[str, Path], tmp_path: Path) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from storyboard.backends import ImageRequest
+    from storyboard.backends.diffusers_image import DiffusersImage
+    from storyboard.produce import in_flight
+
+    backend = DiffusersImage(image_settings(models, edit="none"))
+    assert in_flight(backend) == 2  # the stage (and each GPU under --gpus) keeps two beats going
+    inside, most, saves = 0, 0, []
+    lock = threading.Lock()
+    with backend:
+        real = type(backend.pipe).__call__
+
+        @functools.wraps(real)
+        def counted(self, **kwargs):  # noqa: ANN001, ANN003, ANN202
+            nonlocal inside, most
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.05)
+            try:
+                return real(self, **kwargs)
+            finally:
+                with lock:
+                    inside -= 1
+
+        type(backend.pipe).__call__ = counted
+        try:
+            requests = [ImageRequest(number=n, beat_type="beat", prompt=f"shot {n}", width=64, height=96, seed=n, quality="draft", setting="court")
+                        for n in range(4)]
+            with ThreadPoolExecutor(in_flight(backend)) as threads:
+                list(threads.map(lambda r: backend.draw(r, tmp_path / f"{r.number}.png"), requests))
+                saves = sorted(p.name for p in tmp_path.glob("*.png"))
+        finally:
+            type(backend.pipe).__call__ = real
+    assert most == 1 and saves == ["0.png", "1.png", "2.png", "3.png"]

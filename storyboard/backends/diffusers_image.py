@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ class DiffusersImage(BackendBase, LoadedModel):
         if self.edit_mode not in {"auto", "img2img", "none"}:
             raise PreflightError(f"image.edit: {self.edit_mode!r}; choose auto, img2img or none")
         self.uses_base = self.edit_mode != "none"
+        self.workers = int(settings.get("workers", 2))  # beats in flight: one on the GPU while the one before it is saved
+        self.gpu = threading.Lock()  # one pipeline call at a time
         self.pipe: Any = None
         self.edit_pipe: Any = None
 
@@ -196,7 +199,8 @@ class DiffusersImage(BackendBase, LoadedModel):
         if "max_area" in accepted:
             kwargs["max_area"] = width * height  # Kontext rescales every request to max_area otherwise
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-        picture = pipe(**kwargs).images[0]
+        with self.gpu:
+            picture = pipe(**kwargs).images[0]
         if picture.size != (width, height):
             raise StageError(f"{type(pipe).__name__} returned {picture.size[0]}x{picture.size[1]} for a {width}x{height} request "
                              f"(it snaps sizes to its buckets); set image.presets.{request.quality}.long_side to a size it keeps")
