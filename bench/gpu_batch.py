@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--gpu-sets", default="0;0,1")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--load-profile", action="store_true", help="time the parts of a load first")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed one-short batch on every GPU first")
     args = parser.parse_args()
     import torch
 
@@ -103,6 +104,12 @@ def main() -> None:
     ideas.write_text("\n".join(IDEAS) + "\n")
     pipeline.preflight = backends_only  # type: ignore[assignment]
     results = {"gpus_on_host": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "quality": args.quality, "runs": []}
+    if args.warmup:  # CUDA start and first kernel loads on every GPU, untimed: neither timed set pays them alone
+        first = args.out / "warmup.txt"
+        first.write_text(IDEAS[0] + "\n")
+        everyone = ",".join(sorted({g for gpus in args.gpu_sets.split(";") for g in gpus.split(",")}))
+        shutil.rmtree(args.out / "runs-warmup", ignore_errors=True)
+        run_batch(first, args.out / "runs-warmup", profile=str(profile), gpus=everyone, stages=("visual",))
     if args.load_profile and torch.cuda.is_available():
         results["load_profile"] = load_profile(model, torch.cuda.device_count())
     for gpus in args.gpu_sets.split(";"):
