@@ -78,12 +78,44 @@ def load_profile(model: Path, devices: int) -> dict[str, float]:
     return out
 
 
+CALLS: list[tuple[str, str, float]] = []  # (pipeline class, device, seconds) of every pipeline call
+
+
+def time_pipeline_calls() -> None:
+    """Wrap the Flux pipelines' __call__ to time each call (the GPU turn of one image) by device."""
+    import functools
+
+    import diffusers
+
+    for name in ("FluxPipeline", "FluxImg2ImgPipeline"):
+        cls = getattr(diffusers, name)
+        real = cls.__call__
+
+        def timed(self, *args, __real=real, __name=name, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            started = time.perf_counter()
+            try:
+                return __real(self, *args, **kwargs)
+            finally:
+                CALLS.append((__name, str(self._execution_device), time.perf_counter() - started))
+
+        cls.__call__ = functools.wraps(real)(timed)
+
+
+def call_means() -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, device, seconds in CALLS:
+        out.setdefault(name, {}).setdefault(device, []).append(seconds)
+    CALLS.clear()
+    return {name: {device: round(sum(v) / len(v), 4) for device, v in rows.items()} for name, rows in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/sb-batch"))
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
     parser.add_argument("--quality", default="draft")
-    parser.add_argument("--gpu-sets", default="0;0,1")
+    parser.add_argument("--gpu-sets", default="0;0,1", help="sets timed in turn; a set ending in ! runs with --switch-interval")
+    parser.add_argument("--switch-interval", type=float, default=0.0005, help="Python's thread switch interval for sets marked !")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--load-profile", action="store_true", help="time the parts of a load first")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed one-short batch on every GPU first")
@@ -107,13 +139,18 @@ def main() -> None:
     if args.warmup:  # CUDA start and first kernel loads on every GPU, untimed: neither timed set pays them alone
         first = args.out / "warmup.txt"
         first.write_text(IDEAS[0] + "\n")
-        everyone = ",".join(sorted({g for gpus in args.gpu_sets.split(";") for g in gpus.split(",")}))
+        everyone = ",".join(sorted({g for gpus in args.gpu_sets.split(";") for g in gpus.rstrip("!").split(",")}))
         shutil.rmtree(args.out / "runs-warmup", ignore_errors=True)
         run_batch(first, args.out / "runs-warmup", profile=str(profile), gpus=everyone, stages=("visual",))
     if args.load_profile and torch.cuda.is_available():
         results["load_profile"] = load_profile(model, torch.cuda.device_count())
-    for gpus in args.gpu_sets.split(";"):
-        out = args.out / f"runs-{gpus.replace(',', '_')}"
+    time_pipeline_calls()
+    default_interval = sys.getswitchinterval()
+    for number, entry in enumerate(args.gpu_sets.split(";")):
+        gpus = entry.rstrip("!")
+        sys.setswitchinterval(args.switch_interval if entry.endswith("!") else default_interval)
+        call_means()  # drop the warm-up's calls
+        out = args.out / f"runs-{number}-{gpus.replace(',', '_')}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
         summary = run_batch(ideas, out, profile=str(profile), gpus=gpus, stages=("visual",))
@@ -121,7 +158,8 @@ def main() -> None:
         images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
         row = {"gpus": gpus, "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
                "images": images, "images_per_s": round(images / seconds, 4), "loads": summary["loads"],
-               "workers": summary.get("workers", {}), "plan_s": round(sum(r["stages"].get("plan", 0) for r in summary["runs"]), 3)}
+               "workers": summary.get("workers", {}), "plan_s": round(sum(r["stages"].get("plan", 0) for r in summary["runs"]), 3),
+               "switch_interval_s": sys.getswitchinterval(), "pipeline_call_s": call_means()}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
     if len(results["runs"]) == 2:
