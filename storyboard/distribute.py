@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 import time
 from collections import Counter
@@ -70,16 +69,9 @@ class LocalGPUs(Workers):
     as many at a time as its backend does (the image and video backends: one on the GPU, one being saved)."""
 
     slots = 2  # the most beats in flight on one device, whatever the backend
-    # Each GPU is driven by a thread of this process, and a thread launching kernels that waits for the interpreter
-    # lock leaves its GPU idle: with two H200s a Flux call took 11 % longer than alone at Python's 5 ms switch
-    # interval, 5 % at 0.5 ms (BENCHMARKS.md). Lowered while several devices work; restored by close().
-    switch_interval_s = 0.0005
 
     def __init__(self, config: dict[str, Any], devices: list[str]) -> None:
         self.size = len(devices) * self.slots
-        self._interval = sys.getswitchinterval()
-        if len(devices) > 1 and self._interval > self.switch_interval_s:
-            sys.setswitchinterval(self.switch_interval_s)
         self._pools = [(d, BackendPool(_with_device(config, d), hold=True)) for d in devices]
         self._names = [d if devices.count(d) == 1 else f"{d}#{i}" for i, d in enumerate(devices)]
         self._busy = [0] * len(devices)
@@ -127,10 +119,6 @@ class LocalGPUs(Workers):
         for _, pool in self._pools:
             total.update(pool.loads)
         return dict(total)
-
-    def close(self) -> None:
-        self.release()
-        sys.setswitchinterval(self._interval)
 
 
 class StageWorker:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -64,14 +63,11 @@ def test_beats_split_across_devices_leave_the_same_run(tmp_path: Path) -> None:
     config = resolve_config("offline")
     roots = [create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / name) for name in ("plain", "split")]
     assert run_stages(roots[0], config).status == "ok"
-    before = sys.getswitchinterval()
     workers = LocalGPUs(config, ["cpu", "cpu"])  # CPU stand-ins for cuda:0, cuda:1: the same code path
     try:
-        assert sys.getswitchinterval() == LocalGPUs.switch_interval_s < before  # threads driving GPUs take turns sooner
         assert run_stages(roots[1], config, workers=workers).status == "ok"
     finally:
         workers.close()
-    assert sys.getswitchinterval() == before
     assert keys_and_plans(tmp_path / "split") == keys_and_plans(tmp_path / "plain")
     manifest = json.loads((roots[1] / "run.json").read_text())
     assert {a.get("device") for rel, a in manifest["artifacts"].items() if rel.startswith("beats/")} == {"cpu"}
