@@ -78,7 +78,8 @@ class DiffusersImage(BackendBase, LoadedModel):
     """Settings: model (t2i pipeline id or path), edit_model (edit pipeline, optional), edit (`auto` = edit_model or
     img2img, `img2img`, `none`), edit_strength (img2img, 0.6), device, dtype, presets {draft|final: steps,
     guidance_scale, true_cfg_scale, long_side}, fp8 (layerwise fp8 storage of the denoiser), text_encoder_4bit,
-    offload (none|model|group|sequential), vae_tiling, share_components (edit pipeline reuses text encoders/VAE)."""
+    offload (none|model|group|sequential), vae_tiling, share_components (edit pipeline reuses text encoders/VAE),
+    workers (beats in flight, 2: one in the pipeline while the one before it is saved)."""
 
     name = "diffusers"
 
