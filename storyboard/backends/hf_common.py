@@ -255,15 +255,15 @@ def clone_pipeline(pipe: Any, device: str, settings: dict[str, Any], dtype: Any)
             parts[name] = copy.deepcopy(part)
             continue
         with init_empty_weights():
-            twin = type(part)._from_config(part.config) if hasattr(part, "_from_config") else type(part).from_config(part.config)
+            model = type(part)._from_config(part.config) if hasattr(part, "_from_config") else type(part).from_config(part.config)
         state = {}
         for key, tensor in part.state_dict(keep_vars=True).items():
             if id(tensor) not in copies:  # a Parameter is assigned as given: tied weights stay one Parameter
                 moved = tensor.detach().to(dev, non_blocking=True, copy=True)
                 copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else moved
             state[key] = copies[id(tensor)]
-        twin.load_state_dict(state, strict=True, assign=True)
-        parts[name] = twin.to(dev).eval()  # buffers kept outside the state dict follow
+        model.load_state_dict(state, strict=True, assign=True)
+        parts[name] = model.to(dev).eval()  # buffers kept outside the state dict follow
     twin = type(pipe)(**parts)
     memory_settings(twin, settings, dtype)
     twin.set_progress_bar_config(disable=True)
