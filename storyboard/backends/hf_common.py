@@ -211,11 +211,13 @@ class Siblings:
         loads it (and then says `loaded` or `failed`)."""
         with self._lock:
             while True:
-                for other, ref in self._held.get(key, {}).items():
+                held = {other: ref for other, ref in self._held.get(key, {}).items() if ref() is not None}  # released ones go
+                self._held[key] = held
+                for other, ref in held.items():
                     pipe = ref()
                     if other != device and pipe is not None:
                         return pipe
-                if self._loading.get(key, device) == device:
+                if self._loading.get(key) in (None, device):  # nobody else is loading it: this device does
                     self._loading[key] = device
                     return None
                 self._lock.wait()
