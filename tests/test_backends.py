@@ -93,3 +93,11 @@ def test_kenburns_clip_lasts_its_duration(tmp_path: Path, with_audio: bool) -> N
     assert abs(info.audio_duration - 2.5) < 0.05
     span = speech_span(decode_audio(out), 16000)
     assert (span is not None) == with_audio
+
+
+@pytest.mark.parametrize(("capability", "name"), [("image", "diffusers"), ("video", "ltx-video"), ("video", "kenburns")])
+@pytest.mark.parametrize("bad", ["two", -1, 1.5, True])
+def test_a_bad_workers_setting_names_the_field(capability: str, name: str, bad: object) -> None:
+    with pytest.raises(PreflightError, match=rf"{capability}\.workers: .*whole number"):
+        create(capability, {"backend": name, "workers": bad})
+    assert create(capability, {"backend": name, "workers": 3}).workers == 3

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import InputError
+from ..errors import InputError, PreflightError
 from ..formats import Format
 
 
@@ -110,6 +110,13 @@ class BackendBase:
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def workers_setting(self, section: str, default: int) -> int:
+        """The `workers` setting: items in flight at a time (0: one per core); PreflightError naming `section.workers`."""
+        value = self.settings.get("workers", default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise PreflightError(f"{section}.workers: {value!r}; give a whole number of items at a time, 1 or more (0: one per core)")
+        return value
 
     def __enter__(self) -> Any:
         return self

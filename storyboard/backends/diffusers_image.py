@@ -92,7 +92,7 @@ class DiffusersImage(BackendBase, LoadedModel):
         if self.edit_mode not in {"auto", "img2img", "none"}:
             raise PreflightError(f"image.edit: {self.edit_mode!r}; choose auto, img2img or none")
         self.uses_base = self.edit_mode != "none"
-        self.workers = int(settings.get("workers", 2))  # beats in flight: one on the GPU while the one before it is saved
+        self.workers = self.workers_setting("image", 2)  # beats in flight: one on the GPU while the one before it is saved
         self.gpu = threading.Lock()  # one pipeline call at a time
         self.pipe: Any = None
         self.edit_pipe: Any = None

@@ -72,7 +72,7 @@ class ClipBackend(BackendBase, LoadedModel):
         if self.preset_name not in self.presets:
             raise PreflightError(f"video.quality: {self.preset_name!r}; choose {' or '.join(self.presets)}")
         self.pipe: Any = None
-        self.workers = int(settings.get("workers", 2))
+        self.workers = self.workers_setting("video", 2)
         self.gpu = threading.Lock()  # one pipeline call at a time
         self.encoder = Encoder()  # clips are encoded in a child process beside the next pipeline call
         self.timeline: list[tuple[float, float, float]] = []  # each clip's turn on the GPU: start, generated, end

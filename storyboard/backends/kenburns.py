@@ -49,7 +49,7 @@ class KenBurns(BackendBase):
         self.crf = int(settings.get("crf", 20))
         self.preset = str(settings.get("preset", "veryfast"))
         # zoompan runs on one core; clips are independent, so encode several at once.
-        self.workers = int(settings.get("workers", os.cpu_count() or 1))
+        self.workers = self.workers_setting("video", os.cpu_count() or 1)
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "zoom": self.zoom, "crf": self.crf, "preset": self.preset}
