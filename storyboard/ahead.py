@@ -118,8 +118,9 @@ def gpu_room(device: str) -> int | None:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available() or not (device == "auto" or device.startswith("cuda")):
         return None
-    free, _ = torch.cuda.mem_get_info()
-    return int(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
+    index = torch.device(device).index if device.startswith("cuda:") else None  # a worker process's GPU, not GPU 0
+    free, _ = torch.cuda.mem_get_info(index)
+    return int(free + torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index))
 
 
 def start(pool: Any, config: dict[str, Any], stages: str | Sequence[str], ctx: Any = None,

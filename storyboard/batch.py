@@ -84,6 +84,12 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
     results = [BatchRun(item.idea, item.line) for item in items]
     pools: dict[str, BackendPool] = {}
     configs: dict[str, dict[str, Any]] = {}
+    workers = None
+    if ray or gpus:  # started before the plans: worker processes start up and load the first stage's models meanwhile
+        profiles = {item.profile or profile for item in items}
+        if len(profiles) > 1:
+            raise InputError(f"{path}: with --ray/--gpus every line must use one profile (found {', '.join(map(str, profiles))})")
+        workers = make_workers(resolve_config(profiles.pop()), ray, gpus, ahead=stages[0] if stages else None)
 
     def pool_for(item: BatchItem) -> tuple[dict[str, Any], BackendPool]:
         key = item.profile or ""
@@ -92,8 +98,10 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
             pools[key] = BackendPool(configs[key], hold=True)
         return configs[key], pools[key]
 
-    # 1. Plans (a failure here fails only that idea).
-    for item, result in zip(items, results):
+    calls: Counter[str] = Counter()
+    counting = threading.Lock()
+
+    def one_plan(item: BatchItem, result: BatchRun) -> None:
         t0 = time.monotonic()
         try:
             config, pool = pool_for(item)
@@ -102,17 +110,6 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
             result.status, result.error = "failed", f"plan: {error}"
             log.error("batch: line %d (%s): %s", item.line, item.idea, result.error)
         result.stages["plan"] = round(time.monotonic() - t0, 3)
-    for pool in pools.values():
-        pool.release()
-    # 2. Stage-major: every run's visual, then every run's judge, ... each pool holds its model across runs.
-    calls: Counter[str] = Counter()
-    workers = None
-    if ray or gpus:
-        profiles = {item.profile or profile for item in items}
-        if len(profiles) > 1:
-            raise InputError(f"{path}: with --ray/--gpus every line must use one profile (found {', '.join(map(str, profiles))})")
-        workers = make_workers(resolve_config(profiles.pop()), ray, gpus)
-    counting = threading.Lock()
 
     def one_stage(stage: str, item: BatchItem, result: BatchRun) -> None:
         config, pool = pool_for(item)
@@ -132,6 +129,12 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
         result.stages[stage] = round(time.monotonic() - t0, 3)
 
     try:
+        # 1. Plans (a failure here fails only that idea).
+        for item, result in zip(items, results):
+            one_plan(item, result)
+        for pool in pools.values():
+            pool.release()
+        # 2. Stage-major: every run's visual, then every run's judge, ... each pool holds its model across runs.
         for stage in stages:
             todo = [(item, result) for item, result in zip(items, results) if result.status == "ok" and result.run_dir is not None]
             if workers is not None and stage in ("visual", "video"):

@@ -9,17 +9,25 @@ distributed run leaves exactly the files and keys a local run leaves.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import itertools
 import logging
+import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from .context import BackendPool, RunContext
-from .errors import InputError, StageError
+from .errors import InputError, StageError, StoryboardError
 from .produce import Item, in_flight
 
 log = logging.getLogger("storyboard")
@@ -64,61 +72,260 @@ class Workers:
         self.release()
 
 
-class LocalGPUs(Workers):
-    """One backend pool per local GPU; a beat goes to the device with the fewest beats in flight, each device taking
-    as many at a time as its backend does (the image and video backends: one on the GPU, one being saved)."""
+class _Devices(Workers):
+    """Beats spread over local devices: a beat goes to the device with the fewest in flight, each device taking as
+    many at a time as its backend does (the image and video backends: one on the GPU, one being saved), at most
+    `slots`; per device, the beats made and the seconds spent loading and making them."""
 
     slots = 2  # the most beats in flight on one device, whatever the backend
 
     def __init__(self, config: dict[str, Any], devices: list[str]) -> None:
         self.size = len(devices) * self.slots
-        self._pools = [(d, BackendPool(_with_device(config, d), hold=True)) for d in devices]
+        self.devices = devices
         self._names = [d if devices.count(d) == 1 else f"{d}#{i}" for i, d in enumerate(devices)]
         self._busy = [0] * len(devices)
         self._lock = threading.Condition()
         self._figures: dict[str, dict[str, Counter[str]]] = {}
+        self._probe = BackendPool(config)  # backends built, never loaded here: how many beats each takes at a time
+
+    def _usable(self, index: int) -> bool:
+        return True
 
     def _take(self, capability: str) -> int:
-        limits = [min(self.slots, in_flight(pool.get(capability))) for _, pool in self._pools]
+        limit = min(self.slots, in_flight(self._probe.get(capability)))
         with self._lock:
             while True:
-                free = [i for i in range(len(self._pools)) if self._busy[i] < limits[i]]
+                usable = [i for i in range(len(self.devices)) if self._usable(i)]
+                if not usable:
+                    raise StageError(f"no worker left for {capability}: every device's worker has stopped (see the log above)")
+                free = [i for i in usable if self._busy[i] < limit]
                 if free:
                     chosen = min(free, key=lambda i: self._busy[i])
                     self._busy[chosen] += 1
                     return chosen
                 self._lock.wait()
 
-    def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
-        cap = capability.split(".")[0]
-        index = self._take(cap)
-        device, pool = self._pools[index]
-        started = loaded = time.monotonic()
-        try:
-            with pool.loaded(cap, ctx.calls) as backend:
-                loaded = time.monotonic()
-                return {**_maker(capability)(ctx, backend, item, tmp), "device": device}
-        finally:
-            ended = time.monotonic()
-            with self._lock:
-                row = self._figures.setdefault(cap, {}).setdefault(self._names[index], Counter())
-                row.update(beats=1, load_s=loaded - started, make_s=ended - loaded)
-                self._busy[index] -= 1
-                self._lock.notify_all()
+    def _done(self, capability: str, index: int, load_s: float, make_s: float) -> None:
+        with self._lock:
+            row = self._figures.setdefault(capability, {}).setdefault(self._names[index], Counter())
+            row.update(beats=1, load_s=load_s, make_s=make_s)
+            self._busy[index] -= 1
+            self._lock.notify_all()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
 
     def figures(self) -> dict[str, Any]:
         with self._lock:
             return {cap: {device: {k: round(v, 3) for k, v in row.items()} for device, row in rows.items()} for cap, rows in self._figures.items()}
 
+
+class LocalGPUs(_Devices):
+    """One backend pool per local GPU, all in this process (`gpu_workers: thread`): the second GPU copies the first
+    one's pipeline where the backend allows it, but the GPUs' kernel launches share this interpreter."""
+
+    def __init__(self, config: dict[str, Any], devices: list[str]) -> None:
+        super().__init__(config, devices)
+        self._pools = [BackendPool(_with_device(config, d), hold=True) for d in devices]
+
+    def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
+        cap = capability.split(".")[0]
+        index = self._take(cap)
+        pool = self._pools[index]
+        started = loaded = time.monotonic()
+        try:
+            with pool.loaded(cap, ctx.calls) as backend:
+                loaded = time.monotonic()
+                return {**_maker(capability)(ctx, backend, item, tmp), "device": self.devices[index]}
+        finally:
+            self._done(cap, index, loaded - started, time.monotonic() - loaded)
+
     def release(self) -> None:
-        for _, pool in self._pools:
+        for pool in self._pools:
             pool.release()
 
     def loads(self) -> dict[str, int]:
         total: Counter[str] = Counter()
-        for _, pool in self._pools:
+        for pool in self._pools:
             total.update(pool.loads)
         return dict(total)
+
+
+class GPUProcesses(_Devices):
+    """One worker process per local GPU (`--gpus`, the default `gpu_workers: process`), started with the batch and
+    kept until it ends: each holds its stage's model across the beats it receives (a `StageWorker`) and takes
+    `slots` beats at a time. A process per GPU keeps each GPU's kernel launches off the other GPUs' interpreter
+    (BENCHMARKS.md, issue 7). A worker that dies fails its beats and gets no more; the others go on."""
+
+    def __init__(self, config: dict[str, Any], devices: list[str], worker: type[StageWorker] | None = None, ahead: str | None = None) -> None:
+        super().__init__(config, devices)
+        spawn = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
+        kind = worker or StageWorker  # tests pass a subclass that fails on purpose
+        self._children = [_Child(spawn, device, (kind, _with_device(config, device), ahead), self.slots, self._wake) for device in devices]
+        atexit.register(self.close)  # runs before multiprocessing's own exit hook, which would wait for them forever
+
+    def _usable(self, index: int) -> bool:
+        return self._children[index].alive
+
+    def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
+        cap = capability.split(".")[0]
+        index = self._take(cap)
+        child = self._children[index]
+        seconds = {"load_s": 0.0, "make_s": 0.0}
+        try:
+            extra, calls, seconds = child.call("make", capability, str(ctx.rd.root), item.number, item.rel, item.inputs, str(tmp))
+        finally:
+            self._done(cap, index, **seconds)
+        ctx.calls.update(calls)
+        return {**extra, "device": child.device}
+
+    def release(self) -> None:
+        for child in self._children:
+            if child.alive:
+                child.call("release")
+
+    def loads(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for child in self._children:
+            if child.alive:
+                total.update(child.call("loads"))
+            else:
+                total.update(child.last_loads)
+        return dict(total)
+
+    def close(self) -> None:
+        atexit.unregister(self.close)
+        for child in self._children:
+            child.stop()
+
+
+class _Child:
+    """The parent's end of one worker process: calls go down a pipe with a job number; a reader thread hands each
+    reply to the call waiting for it, and fails every waiting call if the process dies."""
+
+    def __init__(self, spawn: Any, device: str, worker: WorkerSpec, slots: int, on_exit: Callable[[], None]) -> None:
+        here, there = spawn.Pipe()
+        self.device = device
+        self.process = spawn.Process(target=_serve, args=(there, worker, slots), name=f"storyboard-{device}")
+        self.process.start()
+        there.close()
+        self.alive = True
+        self.last_loads: dict[str, int] = {}
+        self._conn = here
+        self._sending = threading.Lock()
+        self._waiting: dict[int, Future[Any]] = {}
+        self._jobs = itertools.count()
+        self._on_exit = on_exit
+        self._reader = threading.Thread(target=self._read, name=f"storyboard-{device}-replies", daemon=True)
+        self._reader.start()
+
+    def call(self, method: str, *args: Any) -> Any:
+        future: Future[Any] = Future()
+        with self._sending:
+            if not self.alive:
+                raise StageError(self._stopped())
+            job = next(self._jobs)
+            self._waiting[job] = future
+            self._conn.send((job, method, args))
+        value = future.result()
+        if method == "loads":
+            self.last_loads = value
+        return value
+
+    def _read(self) -> None:
+        while True:
+            try:
+                job, ok, value = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            future = self._waiting.pop(job)
+            if ok:
+                future.set_result(value)
+            else:
+                kind, message, ours = value
+                future.set_exception(StageError(message if ours else f"{kind}: {message}"))
+        with self._sending:
+            self.alive = False
+            waiting, self._waiting = self._waiting, {}
+        self.process.join(timeout=10)
+        for future in waiting.values():
+            future.set_exception(StageError(self._stopped()))
+        if waiting or self.process.exitcode:
+            log.error("%s", self._stopped())
+        self._on_exit()
+
+    def _stopped(self) -> str:
+        return f"the worker process for {self.device} stopped (exit code {self.process.exitcode})"
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Ask the process to finish its beats, free its models and exit; end it if it does not. Its load counts stay
+        readable (`last_loads`)."""
+        with contextlib.suppress(StageError):
+            self.call("loads")
+        with self._sending:
+            if self.alive:
+                with contextlib.suppress(OSError):
+                    self._conn.send(None)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self._reader.join(timeout=10)
+        self._conn.close()
+
+
+WorkerSpec = tuple[type["StageWorker"], dict[str, Any], "str | None"]  # (worker class, its config, the stage it loads ahead)
+
+
+def _serve(conn: Connection, worker_spec: WorkerSpec, slots: int) -> None:
+    """A worker process: make what the parent sends, `slots` at a time, until it sends None; exit at once when the
+    parent is gone (its pipe closes). Ctrl-C is the parent's to handle: it closes the pipe. With a stage named, its
+    models start loading at once (under the `load_ahead` rules, on this process's GPU) while the parent plans."""
+    from .ffmpeg import stop_all
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def end(*_: Any) -> None:
+        stop_all()
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, end)
+    kind, config, stage = worker_spec
+    worker = kind(config)
+    if stage is not None:
+        from . import ahead
+
+        if str(config.get("device", "")).startswith("cuda"):
+            import torch  # noqa: F401 - the free-memory rule reads the GPU through it
+
+        ahead.start(worker.pool, config, stage)
+    sending = threading.Lock()
+
+    def run(job: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            reply: tuple[Any, ...] = (job, True, getattr(worker, method)(*args))
+        except Exception as error:  # noqa: BLE001 - the parent raises it as the beat's failure
+            reply = (job, False, (type(error).__name__, str(error), isinstance(error, StoryboardError)))
+        with sending:
+            try:
+                conn.send(reply)
+            except Exception as error:  # noqa: BLE001 - a reply that does not pickle must still answer the call
+                conn.send((job, False, (type(error).__name__, f"the reply could not be sent: {error}", False)))
+
+    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="storyboard-beat") as threads:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                end()
+            if message is None:
+                break
+            threads.submit(run, *message)
+    worker.release()
 
 
 class StageWorker:
@@ -129,20 +336,28 @@ class StageWorker:
         self.config = config
         self.pool = BackendPool(config, hold=True)
 
-    def make(self, capability: str, root: str, number: int, rel: str, inputs: dict[str, Any], tmp: str) -> tuple[dict[str, Any], dict[str, int]]:
+    def make(self, capability: str, root: str, number: int, rel: str, inputs: dict[str, Any],
+             tmp: str) -> tuple[dict[str, Any], dict[str, int], dict[str, float]]:
+        """(what the manifest records, the calls made, {load_s, make_s})."""
         from .manifest import Freshness
 
         ctx = RunContext.open(Path(root), self.config, pool=self.pool)
         item = Item(number, ctx.rd.root / rel, inputs, Freshness("missing"), rel)
+        started = time.monotonic()
         with self.pool.loaded(capability.split(".")[0], ctx.calls) as backend:
+            loaded = time.monotonic()
             extra = _maker(capability)(ctx, backend, item, Path(tmp))
-        return extra, dict(ctx.calls)
+        return extra, dict(ctx.calls), {"load_s": loaded - started, "make_s": time.monotonic() - loaded}
 
     def release(self) -> None:
         self.pool.release()
 
     def loads(self) -> dict[str, int]:
         return dict(self.pool.loads)
+
+    def loaded_ahead(self, capability: str) -> bool:
+        """Whether `capability` was loaded ahead here (waiting for that load)."""
+        return self.pool.loaded_ahead(capability)
 
 
 class RayWorkers(Workers):
@@ -181,7 +396,7 @@ class RayWorkers(Workers):
     def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
         actor = self._free.get()
         try:
-            extra, calls = self.ray.get(actor.make.remote(capability, str(ctx.rd.root), item.number, item.rel, item.inputs, str(tmp)))
+            extra, calls, _ = self.ray.get(actor.make.remote(capability, str(ctx.rd.root), item.number, item.rel, item.inputs, str(tmp)))
         except self.ray.exceptions.RayTaskError as error:
             cause = error.cause if getattr(error, "cause", None) is not None else error
             raise StageError(f"{type(cause).__name__}: {cause}") from None
@@ -205,8 +420,10 @@ class RayWorkers(Workers):
             self.ray.kill(actor)
 
 
-def make_workers(config: dict[str, Any], ray_address: str | None, gpus: str | None, ray_workers: int | None = None) -> Workers | None:
-    """Workers from the CLI options, or None for a plain local run."""
+def make_workers(config: dict[str, Any], ray_address: str | None, gpus: str | None, ray_workers: int | None = None,
+                 ahead: str | None = None) -> Workers | None:
+    """Workers from the CLI options, or None for a plain local run. `ahead`: the stage whose models worker processes
+    load as they start (a new run's or a batch's first stage after the plans)."""
     if ray_address and gpus:
         raise InputError("--ray and --gpus: choose one (Ray places workers on GPUs itself)")
     if ray_address:
@@ -215,5 +432,17 @@ def make_workers(config: dict[str, Any], ray_address: str | None, gpus: str | No
         ids = [g.strip() for g in gpus.split(",") if g.strip()]
         if not ids or not all(g.isdigit() or g == "cpu" for g in ids):
             raise InputError(f"--gpus {gpus!r}: give GPU indices, e.g. --gpus 0,1")
-        return LocalGPUs(config, [f"cuda:{g}" if g.isdigit() else g for g in ids])  # `cpu` entries: the same path without a GPU
+        devices = [f"cuda:{g}" if g.isdigit() else g for g in ids]  # `cpu` entries: the same path without a GPU
+        if gpu_workers(config) == "thread":
+            return LocalGPUs(config, devices)
+        return GPUProcesses(config, devices, ahead=ahead)
     return None
+
+
+def gpu_workers(config: dict[str, Any]) -> str:
+    """How `--gpus` drives its GPUs (top-level `gpu_workers`): `process` (default), a worker process per GPU, or
+    `thread`, every GPU from this process; InputError naming the field for anything else."""
+    value = str(config.get("gpu_workers", "process")).lower()
+    if value not in ("process", "thread"):
+        raise InputError(f"gpu_workers: {config.get('gpu_workers')!r}; choose process or thread")
+    return value

@@ -157,3 +157,22 @@ class GeminiServer(LoopbackServer):
             return status, {"error": {"code": status, "message": text, "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}}, {}
         return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish, "index": 0}],
                      "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20, "thoughtsTokenCount": 5}}, {}
+
+
+class FaultyWorker:
+    """A worker process's worker (`GPUProcesses(worker=...)`) that fails beat 2 with an error and dies on beat 3, the
+    way a CUDA fault or the OOM killer ends a process; every other beat is made as usual."""
+
+    def __new__(cls, config: dict[str, Any]) -> Any:
+        from storyboard.distribute import StageWorker
+
+        class Faulty(StageWorker):
+            def make(self, capability: str, root: str, number: int, *args: Any) -> Any:
+                if number == 2:
+                    raise ValueError("beat 2 is cursed")
+                if number == 3:
+                    time.sleep(0.2)  # the other beat in flight on this process is cut off with it
+                    os._exit(3)
+                return super().make(capability, root, number, *args)
+
+        return Faulty(config)

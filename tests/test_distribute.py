@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from storyboard.batch import run_batch
-from storyboard.distribute import LocalGPUs, RayWorkers
-from storyboard.errors import InputError
+from storyboard.distribute import GPUProcesses, LocalGPUs, RayWorkers, make_workers
+from storyboard.errors import InputError, StageError
 from storyboard.pipeline import create_run, run_stages
 from storyboard.profiles import resolve_config
 
@@ -43,7 +43,7 @@ def test_batch_on_a_local_ray_cluster_matches_the_local_batch(tmp_path: Path, mo
 
         made: list[RayWorkers] = []
 
-        def two_workers(config: dict, address: str | None, gpus: str | None) -> RayWorkers:
+        def two_workers(config: dict, address: str | None, gpus: str | None, **_: object) -> RayWorkers:
             made.append(RayWorkers(config, str(address), size=2))
             return made[-1]
 
@@ -59,11 +59,13 @@ def test_batch_on_a_local_ray_cluster_matches_the_local_batch(tmp_path: Path, mo
     assert remote["calls"]["image.draw"] == local["calls"]["image.draw"]
 
 
-def test_beats_split_across_devices_leave_the_same_run(tmp_path: Path) -> None:
-    config = resolve_config("offline")
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_beats_split_across_devices_leave_the_same_run(tmp_path: Path, mode: str) -> None:
+    config = {**resolve_config("offline"), "gpu_workers": mode}
     roots = [create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / name) for name in ("plain", "split")]
     assert run_stages(roots[0], config).status == "ok"
-    workers = LocalGPUs(config, ["cpu", "cpu"])  # CPU stand-ins for cuda:0, cuda:1: the same code path
+    workers = make_workers(config, None, "cpu,cpu")  # CPU stand-ins for cuda:0, cuda:1: the same code path
+    assert isinstance(workers, GPUProcesses if mode == "process" else LocalGPUs)
     try:
         assert run_stages(roots[1], config, workers=workers).status == "ok"
     finally:
@@ -79,10 +81,88 @@ def test_beats_split_across_devices_leave_the_same_run(tmp_path: Path) -> None:
     assert all(row["make_s"] > 0 and row["load_s"] >= 0 for rows in figures.values() for row in rows.values())
 
 
-def test_ray_and_gpus_together_is_refused() -> None:
-    from storyboard.distribute import make_workers
+def test_batch_on_worker_processes_matches_the_local_batch(tmp_path: Path) -> None:
+    """`storyboard batch --gpus` with a worker process per device (CPU stand-ins): the same plans, files and keys as
+    the plain batch; each process loads each distributed stage's model once, the image model while the plans are
+    written (load_ahead on)."""
+    import yaml
 
+    from storyboard.profiles import profiles_dir
+
+    profile = tmp_path / "offline-ahead.yaml"
+    settings = yaml.safe_load((profiles_dir() / "offline.yaml").read_text())
+    profile.write_text(yaml.safe_dump({**settings, "load_ahead": "on"}))
+    ideas = tmp_path / "ideas.txt"
+    ideas.write_text("Why the sky is blue\nHow bread rises\n")
+    local = run_batch(ideas, tmp_path / "local", format_name="explainer5", profile=str(profile))
+    split = run_batch(ideas, tmp_path / "split", format_name="explainer5", profile=str(profile), gpus="cpu,cpu")
+    assert local["status"] == split["status"] == "ok", split["failed"]
+    assert keys_and_plans(tmp_path / "split") == keys_and_plans(tmp_path / "local")
+    assert split["loads"]["image"] == 2 and split["loads"]["video"] <= 2 and split["loads"]["tts"] <= 2
+    assert set(split["workers"]["image"]) == {"cpu#0", "cpu#1"}
+    assert sum(row["beats"] for row in split["workers"]["image"].values()) == local["calls"]["image.draw"]
+
+
+@pytest.mark.parametrize("load_ahead", ["on", "off"])
+def test_worker_processes_load_the_first_stage_as_they_start(load_ahead: str) -> None:
+    config = {**resolve_config("offline"), "load_ahead": load_ahead}
+    workers = GPUProcesses(config, ["cpu"], ahead="visual")
+    try:
+        assert workers._children[0].call("loaded_ahead", "image") is (load_ahead == "on")
+    finally:
+        workers.close()
+    assert workers._children[0].process.exitcode == 0
+
+
+def test_a_worker_process_that_dies_fails_only_its_beats(tmp_path: Path) -> None:
+    from helpers import FaultyWorker
+
+    config = resolve_config("offline")
+    root = create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / "runs")
+    workers = GPUProcesses(config, ["cpu", "cpu"], worker=FaultyWorker)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(StageError) as failure:
+            run_stages(root, config, stages=("visual",), keep_going=True, workers=workers)
+        dead = [child for child in workers._children if not child.process.is_alive()]
+        assert len(dead) == 1 and dead[0].process.exitcode == 3
+        # Beat 2's error comes back as it was raised; beat 3 (and at most the one other beat that shared its process)
+        # fail naming the stopped worker; every other beat was drawn by the process left.
+        failed = dict(part.split(": ", 1) for part in str(failure.value).removeprefix("visual: beats failed: ").split("; "))
+        assert failed["2"] == "ValueError: beat 2 is cursed"
+        assert failed["3"] == "the worker process for cpu stopped (exit code 3)"
+        assert len(failed) <= 3 and set(failed.values()) <= {failed["2"], failed["3"]}
+        artifacts = json.loads((root / "run.json").read_text())["artifacts"]
+        made = {int(rel.split("_")[1]) for rel in artifacts if rel.startswith("beats/beat_")}
+        beats = len(json.loads((root / "plan.json").read_text())["beats"])
+        assert sorted([*made, *map(int, failed)]) == list(range(beats + 1))
+        # The process left still works after the stage, and the dead one is not asked again.
+        assert workers.loads()["image"] == 1
+    finally:
+        workers.close()
+    assert not any(child.process.is_alive() for child in workers._children)
+    # The next run (no workers) makes only what is missing.
+    assert run_stages(root, config, stages=("visual",)).status == "ok"
+
+
+def test_every_worker_process_gone_is_a_clear_stage_error(tmp_path: Path) -> None:
+    config = resolve_config("offline")
+    root = create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / "runs")
+    workers = GPUProcesses(config, ["cpu"])
+    try:
+        workers._children[0].process.kill()
+        workers._children[0]._reader.join(timeout=30)
+        with pytest.raises(StageError, match="no worker left for image: every device's worker has stopped") as failure:
+            run_stages(root, config, stages=("visual",), keep_going=True, workers=workers)
+        assert "1: no worker left" in str(failure.value)
+        assert not any(rel.startswith("beats/beat_") for rel in json.loads((root / "run.json").read_text())["artifacts"])
+    finally:
+        workers.close()
+
+
+def test_ray_and_gpus_together_is_refused() -> None:
     with pytest.raises(InputError, match="choose one"):
         make_workers({}, "auto", "0,1")
     with pytest.raises(InputError, match="give GPU indices"):
         make_workers({}, None, "first")
+    with pytest.raises(InputError, match="gpu_workers: 'fork'"):
+        make_workers({"gpu_workers": "fork"}, None, "0")
