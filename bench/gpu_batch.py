@@ -8,6 +8,11 @@ summary's counters.
 
     python bench/gpu_batch.py --out /tmp/sb-batch --json result.json      # a 2-GPU host
 
+Sets run in turn (`--gpu-sets`), each GPU set either driven from this process (t) or by a worker process per GPU
+(p, the product's default). Worker processes are started and warmed up once before the timed sets and kept across
+them, as this process is for the t sets; every timed batch still loads its model per GPU. Speed-ups are against
+the faster one-GPU set.
+
 The GPU box has no ffmpeg; the later stages need it, so only the GPU stage runs, and the
 preflight's ffmpeg check is left out here (the backend checks stay).
 """
@@ -20,13 +25,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import storyboard.pipeline as pipeline  # noqa: E402
 from bench.random_models import flux, report  # noqa: E402
 from storyboard.batch import run_batch  # noqa: E402
+from storyboard.distribute import Workers, make_workers  # noqa: E402
 from storyboard.preflight import check_backends  # noqa: E402
+from storyboard.profiles import resolve_config  # noqa: E402
 
 IDEAS = ["A cat who wants to be a judge", "A robot learns to bake bread", "Two pigeons run a bank", "A ghost afraid of the dark"]
 
@@ -109,13 +117,22 @@ def call_means() -> dict[str, dict[str, float]]:
     return {name: {device: round(sum(v) / len(v), 4) for device, v in rows.items()} for name, rows in out.items()}
 
 
+def delta(after: Any, before: Any) -> Any:
+    """after - before, for the nested counters of a batch summary (kept workers count across batches)."""
+    if isinstance(after, dict):
+        return {k: delta(v, before.get(k, 0) if isinstance(before, dict) else 0) for k, v in after.items()}
+    return round(after - before, 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/sb-batch"))
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
     parser.add_argument("--quality", default="draft")
-    parser.add_argument("--gpu-sets", default="0;0,1", help="sets timed in turn; a set ending in ! runs with --switch-interval")
-    parser.add_argument("--switch-interval", type=float, default=0.0005, help="Python's thread switch interval for sets marked !")
+    parser.add_argument("--gpu-sets", default="t0;t0,1;p0;p0,1",
+                        help="sets timed in turn: GPU indices, prefixed t (every GPU driven from this process, gpu_workers: thread) "
+                             "or p (a worker process per GPU, gpu_workers: process; the processes are started and warmed up once, "
+                             "before the timed sets, and kept)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--load-profile", action="store_true", help="time the parts of a load first")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed one-short batch on every GPU first")
@@ -128,42 +145,64 @@ def main() -> None:
         flux(model, size=args.size, device="cuda" if torch.cuda.is_available() else "cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    profile = args.out / "bench-profile.yaml"
-    profile.write_text(json.dumps({"name": "bench", "device": "cuda" if torch.cuda.is_available() else "cpu", "planner": {"backend": "template"},
-                                   "image": {"backend": "diffusers", "model": str(model), "edit": "img2img", "quality": args.quality},
-                                   "judge": {"backend": "heuristic"}, "tts": {"backend": "piper"}, "video": {"backend": "kenburns"}}))
+    settings = {"name": "bench", "device": "cuda" if torch.cuda.is_available() else "cpu", "planner": {"backend": "template"},
+                "image": {"backend": "diffusers", "model": str(model), "edit": "img2img", "quality": args.quality},
+                "judge": {"backend": "heuristic"}, "tts": {"backend": "piper"}, "video": {"backend": "kenburns"}}
+    profiles = {}
+    for mode in ("thread", "process"):
+        profiles[mode] = args.out / f"bench-profile-{mode}.yaml"
+        profiles[mode].write_text(json.dumps({**settings, "gpu_workers": mode}))
     ideas = args.out / "ideas.txt"
     ideas.write_text("\n".join(IDEAS) + "\n")
     pipeline.preflight = backends_only  # type: ignore[assignment]
-    results = {"gpus_on_host": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "quality": args.quality, "runs": []}
-    if args.warmup:  # CUDA start and first kernel loads on every GPU, untimed: neither timed set pays them alone
-        first = args.out / "warmup.txt"
-        first.write_text(IDEAS[0] + "\n")
-        everyone = ",".join(sorted({g for gpus in args.gpu_sets.split(";") for g in gpus.rstrip("!").split(",")}))
-        shutil.rmtree(args.out / "runs-warmup", ignore_errors=True)
-        run_batch(first, args.out / "runs-warmup", profile=str(profile), gpus=everyone, stages=("visual",))
-    if args.load_profile and torch.cuda.is_available():
-        results["load_profile"] = load_profile(model, torch.cuda.device_count())
-    time_pipeline_calls()
-    default_interval = sys.getswitchinterval()
-    for number, entry in enumerate(args.gpu_sets.split(";")):
-        gpus = entry.rstrip("!")
-        sys.setswitchinterval(args.switch_interval if entry.endswith("!") else default_interval)
-        call_means()  # drop the warm-up's calls
-        out = args.out / f"runs-{number}-{gpus.replace(',', '_')}"
-        shutil.rmtree(out, ignore_errors=True)
+    sets = [("process" if entry.startswith("p") else "thread", entry.lstrip("pt")) for entry in args.gpu_sets.split(";")]
+    results: dict[str, Any] = {"gpus_on_host": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                               "quality": args.quality, "runs": [], "worker_start_s": {}}
+    kept: dict[str, Workers] = {}  # worker processes per GPU set, started once
+    for gpus in sorted({g for mode, g in sets if mode == "process"}):
         started = time.perf_counter()
-        summary = run_batch(ideas, out, profile=str(profile), gpus=gpus, stages=("visual",))
-        seconds = time.perf_counter() - started
-        images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
-        row = {"gpus": gpus, "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
-               "images": images, "images_per_s": round(images / seconds, 4), "loads": summary["loads"],
-               "workers": summary.get("workers", {}), "plan_s": round(sum(r["stages"].get("plan", 0) for r in summary["runs"]), 3),
-               "switch_interval_s": sys.getswitchinterval(), "pipeline_call_s": call_means()}
-        results["runs"].append(row)
-        print(json.dumps(row), flush=True)
-    if len(results["runs"]) == 2:
-        results["speedup"] = round(results["runs"][1]["images_per_s"] / results["runs"][0]["images_per_s"], 3)
+        kept[gpus] = make_workers(resolve_config(str(profiles["process"])), None, gpus)  # type: ignore[assignment]
+        kept[gpus].release()  # waits for every process to be up and answering (imports done)
+        results["worker_start_s"][gpus] = round(time.perf_counter() - started, 2)
+    try:
+        if args.warmup:  # CUDA start and first kernel loads on every GPU and worker process, untimed
+            first = args.out / "warmup.txt"
+            first.write_text(IDEAS[0] + "\n")
+            everyone = ",".join(sorted({g for _, gpus in sets for g in gpus.split(",")}))
+            shutil.rmtree(args.out / "runs-warmup", ignore_errors=True)
+            run_batch(first, args.out / "runs-warmup", profile=str(profiles["thread"]), gpus=everyone, stages=("visual",))
+            for gpus, workers in kept.items():
+                started = time.perf_counter()
+                run_batch(first, args.out / "runs-warmup", profile=str(profiles["process"]), gpus=gpus, stages=("visual",), workers=workers)
+                results["worker_start_s"][gpus + " warm-up batch"] = round(time.perf_counter() - started, 2)
+        if args.load_profile and torch.cuda.is_available():
+            results["load_profile"] = load_profile(model, torch.cuda.device_count())
+        time_pipeline_calls()
+        for number, (mode, gpus) in enumerate(sets):
+            call_means()  # drop the warm-up's calls
+            out = args.out / f"runs-{number}-{mode}-{gpus.replace(',', '_')}"
+            shutil.rmtree(out, ignore_errors=True)
+            workers = kept.get(gpus) if mode == "process" else None
+            before = {"loads": workers.loads(), "workers": workers.figures()} if workers is not None else {"loads": {}, "workers": {}}
+            started = time.perf_counter()
+            summary = run_batch(ideas, out, profile=str(profiles[mode]), gpus=gpus, stages=("visual",), workers=workers)
+            seconds = time.perf_counter() - started
+            images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
+            row = {"mode": mode, "gpus": gpus, "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
+                   "images": images, "images_per_s": round(images / seconds, 4), "loads": delta(summary["loads"], before["loads"]),
+                   "workers": delta(summary.get("workers", {}), before["workers"]),
+                   "plan_s": round(sum(r["stages"].get("plan", 0) for r in summary["runs"]), 3),
+                   "pipeline_call_s": call_means()}  # this process's calls only: empty for worker processes
+            results["runs"].append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        for workers in kept.values():
+            workers.close()
+    best_one = max((r["images_per_s"] for r in results["runs"] if "," not in r["gpus"]), default=0)
+    for mode in ("thread", "process"):
+        two = [r["images_per_s"] for r in results["runs"] if r["mode"] == mode and "," in r["gpus"]]
+        if two and best_one:
+            results[f"speedup_{mode}_vs_best_one_gpu"] = [round(x / best_one, 3) for x in two]
     report(results, args.json)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import BackendPool
-from .distribute import make_workers
+from .distribute import Workers, make_workers
 from .errors import InputError, StoryboardError
 from .pipeline import STAGES, create_run, open_run, run_log, stage_runner
 from .profiles import resolve_config
@@ -73,19 +73,20 @@ def read_ideas(path: Path, default_format: str, default_profile: str | None) -> 
 
 def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: str | None = None,
               reporter: Reporter | None = None, ray: str | None = None, gpus: str | None = None,
-              stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+              stages: tuple[str, ...] = STAGES, workers: Workers | None = None) -> dict[str, Any]:
     """Plan every idea, then run each stage across all runs with its model loaded once; keep going past failures.
 
     With `ray` or `gpus`, the beats of every run go to workers that each keep the stage's model
-    loaded, and the runs of a stage are worked on side by side so every worker stays busy."""
+    loaded, and the runs of a stage are worked on side by side so every worker stays busy. Workers the caller
+    made (`workers`: e.g. worker processes kept across batches) are used and left open, their models freed."""
     started = time.monotonic()
     reporter = reporter or Reporter()
     items = read_ideas(path, format_name, profile)
     results = [BatchRun(item.idea, item.line) for item in items]
     pools: dict[str, BackendPool] = {}
     configs: dict[str, dict[str, Any]] = {}
-    workers = None
-    if ray or gpus:  # started before the plans: worker processes start up and load the first stage's models meanwhile
+    own = workers is None
+    if own and (ray or gpus):  # started before the plans: worker processes start up and load the first stage's models meanwhile
         profiles = {item.profile or profile for item in items}
         if len(profiles) > 1:
             raise InputError(f"{path}: with --ray/--gpus every line must use one profile (found {', '.join(map(str, profiles))})")
@@ -152,7 +153,7 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
         worker_figures = workers.figures() if workers is not None else {}
     finally:
         if workers is not None:
-            workers.close()
+            workers.close() if own else workers.release()
     for result in results:
         final = Path(result.run_dir or ".") / "final.mp4"
         result.final = str(final) if result.status == "ok" and final.is_file() else None
