@@ -173,7 +173,9 @@ def main() -> None:
             run_batch(first, args.out / "runs-warmup", profile=str(profiles["thread"]), gpus=everyone, stages=("visual",))
             for gpus, workers in kept.items():
                 started = time.perf_counter()
-                run_batch(first, args.out / "runs-warmup", profile=str(profiles["process"]), gpus=gpus, stages=("visual",), workers=workers)
+                out = args.out / f"runs-warmup-{gpus.replace(',', '_')}"  # a run of its own: an existing one has nothing left to draw
+                shutil.rmtree(out, ignore_errors=True)
+                run_batch(first, out, profile=str(profiles["process"]), gpus=gpus, stages=("visual",), workers=workers)
                 results["worker_start_s"][gpus + " warm-up batch"] = round(time.perf_counter() - started, 2)
         if args.load_profile and torch.cuda.is_available():
             results["load_profile"] = load_profile(model, torch.cuda.device_count())
