@@ -90,7 +90,9 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
         profiles = {item.profile or profile for item in items}
         if len(profiles) > 1:
             raise InputError(f"{path}: with --ray/--gpus every line must use one profile (found {', '.join(map(str, profiles))})")
-        workers = make_workers(resolve_config(profiles.pop()), ray, gpus, ahead=stages[0] if stages else None)
+        workers = make_workers(resolve_config(profiles.pop()), ray, gpus)
+    if workers is not None and stages:
+        workers.load_ahead(stages[0])
 
     def pool_for(item: BatchItem) -> tuple[dict[str, Any], BackendPool]:
         key = item.profile or ""

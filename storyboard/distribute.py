@@ -68,6 +68,11 @@ class Workers:
         """Per capability and worker: beats made, seconds spent loading and making (where the workers keep them)."""
         return {}
 
+    def load_ahead(self, stage: str) -> None:
+        """Start loading `stage`'s models on the workers now, without waiting (where the workers can: worker processes,
+        under the `load_ahead` rules on their own GPU), e.g. while the plans are written."""
+        return None
+
     def close(self) -> None:
         self.release()
 
@@ -158,11 +163,11 @@ class GPUProcesses(_Devices):
     `slots` beats at a time. A process per GPU keeps each GPU's kernel launches off the other GPUs' interpreter
     (BENCHMARKS.md, issue 7). A worker that dies fails its beats and gets no more; the others go on."""
 
-    def __init__(self, config: dict[str, Any], devices: list[str], worker: type[StageWorker] | None = None, ahead: str | None = None) -> None:
+    def __init__(self, config: dict[str, Any], devices: list[str], worker: type[StageWorker] | None = None) -> None:
         super().__init__(config, devices)
         spawn = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
         kind = worker or StageWorker  # tests pass a subclass that fails on purpose
-        self._children = [_Child(spawn, device, (kind, _with_device(config, device), ahead), self.slots, self._wake) for device in devices]
+        self._children = [_Child(spawn, device, (kind, _with_device(config, device)), self.slots, self._wake) for device in devices]
         atexit.register(self.close)  # runs before multiprocessing's own exit hook, which would wait for them forever
 
     def _usable(self, index: int) -> bool:
@@ -184,6 +189,11 @@ class GPUProcesses(_Devices):
         for child in self._children:
             if child.alive:
                 child.call("release")
+
+    def load_ahead(self, stage: str) -> None:
+        for child in self._children:
+            if child.alive:
+                child.send("load_ahead", stage)
 
     def loads(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -221,6 +231,13 @@ class _Child:
         self._reader.start()
 
     def call(self, method: str, *args: Any) -> Any:
+        value = self.send(method, *args).result()
+        if method == "loads":
+            self.last_loads = value
+        return value
+
+    def send(self, method: str, *args: Any) -> Future[Any]:
+        """Ask for `method(*args)` in the process; the future holds its answer."""
         future: Future[Any] = Future()
         with self._sending:
             if not self.alive:
@@ -228,10 +245,7 @@ class _Child:
             job = next(self._jobs)
             self._waiting[job] = future
             self._conn.send((job, method, args))
-        value = future.result()
-        if method == "loads":
-            self.last_loads = value
-        return value
+        return future
 
     def _read(self) -> None:
         while True:
@@ -278,13 +292,12 @@ class _Child:
         self._conn.close()
 
 
-WorkerSpec = tuple[type["StageWorker"], dict[str, Any], "str | None"]  # (worker class, its config, the stage it loads ahead)
+WorkerSpec = tuple[type["StageWorker"], dict[str, Any]]  # (worker class, its config)
 
 
 def _serve(conn: Connection, worker_spec: WorkerSpec, slots: int) -> None:
     """A worker process: make what the parent sends, `slots` at a time, until it sends None; exit at once when the
-    parent is gone (its pipe closes). Ctrl-C is the parent's to handle: it closes the pipe. With a stage named, its
-    models start loading at once (under the `load_ahead` rules, on this process's GPU) while the parent plans."""
+    parent is gone (its pipe closes). Ctrl-C is the parent's to handle: it closes the pipe."""
     from .ffmpeg import stop_all
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -294,15 +307,8 @@ def _serve(conn: Connection, worker_spec: WorkerSpec, slots: int) -> None:
         os._exit(1)
 
     signal.signal(signal.SIGTERM, end)
-    kind, config, stage = worker_spec
+    kind, config = worker_spec
     worker = kind(config)
-    if stage is not None:
-        from . import ahead
-
-        if str(config.get("device", "")).startswith("cuda"):
-            import torch  # noqa: F401 - the free-memory rule reads the GPU through it
-
-        ahead.start(worker.pool, config, stage)
     sending = threading.Lock()
 
     def run(job: int, method: str, args: tuple[Any, ...]) -> None:
@@ -354,6 +360,15 @@ class StageWorker:
 
     def loads(self) -> dict[str, int]:
         return dict(self.pool.loads)
+
+    def load_ahead(self, stage: str) -> None:
+        """Start loading `stage`'s models on threads (the `load_ahead` rules, on this worker's GPU)."""
+        from . import ahead
+
+        if str(self.config.get("device", "")).startswith("cuda"):
+            import torch  # noqa: F401 - the free-memory rule reads the GPU through it
+
+        ahead.start(self.pool, self.config, stage)
 
     def loaded_ahead(self, capability: str) -> bool:
         """Whether `capability` was loaded ahead here (waiting for that load)."""
@@ -420,10 +435,8 @@ class RayWorkers(Workers):
             self.ray.kill(actor)
 
 
-def make_workers(config: dict[str, Any], ray_address: str | None, gpus: str | None, ray_workers: int | None = None,
-                 ahead: str | None = None) -> Workers | None:
-    """Workers from the CLI options, or None for a plain local run. `ahead`: the stage whose models worker processes
-    load as they start (a new run's or a batch's first stage after the plans)."""
+def make_workers(config: dict[str, Any], ray_address: str | None, gpus: str | None, ray_workers: int | None = None) -> Workers | None:
+    """Workers from the CLI options, or None for a plain local run."""
     if ray_address and gpus:
         raise InputError("--ray and --gpus: choose one (Ray places workers on GPUs itself)")
     if ray_address:
@@ -435,7 +448,7 @@ def make_workers(config: dict[str, Any], ray_address: str | None, gpus: str | No
         devices = [f"cuda:{g}" if g.isdigit() else g for g in ids]  # `cpu` entries: the same path without a GPU
         if gpu_workers(config) == "thread":
             return LocalGPUs(config, devices)
-        return GPUProcesses(config, devices, ahead=ahead)
+        return GPUProcesses(config, devices)
     return None
 
 

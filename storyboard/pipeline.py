@@ -236,7 +236,9 @@ def run(
     config = resolve_config(profile, overrides)
     ahead.mode(config)
     stages = tuple(s for s in STAGES if with_judge or s != "judge") + (("review",) if with_review else ())
-    workers = make_workers(config, ray, gpus, ahead="visual" if idea is not None else None)  # workers load while the plan is written
+    workers = make_workers(config, ray, gpus)
+    if workers is not None and idea is not None:
+        workers.load_ahead("visual")  # while the plan is written
     pool = BackendPool(config)
     distributed = frozenset(workers.distributes) if workers is not None else frozenset()
     pool.after_load = functools.partial(ahead.start, pool, config, stages, None, distributed)  # while the plan is written

@@ -106,7 +106,8 @@ def test_batch_on_worker_processes_matches_the_local_batch(tmp_path: Path) -> No
 @pytest.mark.parametrize("load_ahead", ["on", "off"])
 def test_worker_processes_load_the_first_stage_as_they_start(load_ahead: str) -> None:
     config = {**resolve_config("offline"), "load_ahead": load_ahead}
-    workers = GPUProcesses(config, ["cpu"], ahead="visual")
+    workers = GPUProcesses(config, ["cpu"])
+    workers.load_ahead("visual")
     try:
         assert workers._children[0].call("loaded_ahead", "image") is (load_ahead == "on")
     finally:
