@@ -142,8 +142,13 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
             todo = [(item, result) for item, result in zip(items, results) if result.status == "ok" and result.run_dir is not None]
             if workers is not None and stage in ("visual", "video"):
                 with ThreadPoolExecutor(max_workers=max(1, len(todo))) as threads:
-                    for future in [threads.submit(contextvars.copy_context().run, one_stage, stage, i, r) for i, r in todo]:
-                        future.result()
+                    futures = [threads.submit(contextvars.copy_context().run, one_stage, stage, i, r) for i, r in todo]
+                    try:
+                        for future in futures:
+                            future.result()
+                    except BaseException:  # Ctrl-C: the other runs' beats on the workers stop now, not when they are done
+                        workers.close(now=True)
+                        raise
             else:
                 for item, result in todo:
                     one_stage(stage, item, result)

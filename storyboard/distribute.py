@@ -73,7 +73,8 @@ class Workers:
         under the `load_ahead` rules on their own GPU), e.g. while the plans are written."""
         return None
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Free the workers' models and let them go (`now`: without waiting for beats in flight, e.g. on Ctrl-C)."""
         self.release()
 
 
@@ -204,10 +205,10 @@ class GPUProcesses(_Devices):
                 total.update(child.last_loads)
         return dict(total)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         atexit.unregister(self.close)
         for child in self._children:
-            child.stop()
+            child.stop(now)
 
 
 class _Child:
@@ -272,15 +273,18 @@ class _Child:
     def _stopped(self) -> str:
         return f"the worker process for {self.device} stopped (exit code {self.process.exitcode})"
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Ask the process to finish its beats, free its models and exit; end it if it does not. Its load counts stay
-        readable (`last_loads`)."""
-        with contextlib.suppress(StageError):
-            self.call("loads")
-        with self._sending:
-            if self.alive:
-                with contextlib.suppress(OSError):
-                    self._conn.send(None)
+    def stop(self, now: bool = False, timeout: float = 60.0) -> None:
+        """Ask the process to finish its beats, free its models and exit; end it if it does not, or at once with `now`
+        (its beats in flight then fail). Its load counts stay readable (`last_loads`)."""
+        if now:
+            self.process.terminate()
+        else:
+            with contextlib.suppress(StageError):
+                self.call("loads")
+            with self._sending:
+                if self.alive:
+                    with contextlib.suppress(OSError):
+                        self._conn.send(None)
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.terminate()
@@ -429,7 +433,7 @@ class RayWorkers(Workers):
             total.update(counts)
         return dict(total)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         self.release()
         for actor in self.actors:
             self.ray.kill(actor)

@@ -176,3 +176,16 @@ class FaultyWorker:
                 return super().make(capability, root, number, *args)
 
         return Faulty(config)
+
+
+class StuckWorker:
+    """A worker process's worker whose every beat takes a minute (a long GPU call)."""
+
+    def __new__(cls, config: dict[str, Any]) -> Any:
+        from storyboard.distribute import StageWorker
+
+        class Stuck(StageWorker):
+            def make(self, *args: Any) -> Any:
+                time.sleep(60)
+
+        return Stuck(config)

@@ -10,7 +10,7 @@ import pytest
 from storyboard.batch import run_batch
 from storyboard.distribute import GPUProcesses, LocalGPUs, RayWorkers, make_workers
 from storyboard.errors import InputError, StageError
-from storyboard.pipeline import create_run, run_stages
+from storyboard.pipeline import create_run, open_run, run_stages
 from storyboard.profiles import resolve_config
 
 
@@ -143,6 +143,39 @@ def test_a_worker_process_that_dies_fails_only_its_beats(tmp_path: Path) -> None
     assert not any(child.process.is_alive() for child in workers._children)
     # The next run (no workers) makes only what is missing.
     assert run_stages(root, config, stages=("visual",)).status == "ok"
+
+
+def test_closing_worker_processes_now_fails_their_beats_at_once(tmp_path: Path) -> None:
+    """Ctrl-C in a batch closes the workers `now`: a beat in the middle of a long call fails within seconds."""
+    import threading
+    import time
+
+    from storyboard.produce import make_item
+
+    from helpers import StuckWorker
+
+    config = resolve_config("offline")
+    root = create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / "runs")
+    workers = GPUProcesses(config, ["cpu"], worker=StuckWorker)  # type: ignore[arg-type]
+    ctx = open_run(root, config)
+    item = make_item(ctx, 1, root / "beats" / "beat_01.png", {"n": 1})
+    outcome: list[BaseException] = []
+
+    def draw() -> None:
+        try:
+            workers.make("image", ctx, item, tmp_path / "beat.tmp.png")
+        except BaseException as error:  # noqa: BLE001 - kept for the assertion
+            outcome.append(error)
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    time.sleep(1.0)  # the beat is in the worker's long call
+    started = time.monotonic()
+    workers.close(now=True)
+    thread.join(timeout=20)
+    assert not thread.is_alive() and time.monotonic() - started < 15
+    assert isinstance(outcome[0], StageError) and "the worker process for cpu stopped" in str(outcome[0])
+    assert not workers._children[0].process.is_alive()
 
 
 def test_every_worker_process_gone_is_a_clear_stage_error(tmp_path: Path) -> None:
