@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,7 +110,7 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
         t0 = time.monotonic()
         try:
             config, pool = pool_for(item)
-            result.run_dir = str(create_run(item.idea, item.format, config, out, item.seed, pool))
+            result.run_dir = str(create_run(item.idea, item.format, config, out, item.seed, pool, workers))
         except StoryboardError as error:
             result.status, result.error = "failed", f"plan: {error}"
             log.error("batch: line %d (%s): %s", item.line, item.idea, result.error)
@@ -131,27 +133,33 @@ def run_batch(path: Path, out: Path, *, format_name: str = "drama10", profile: s
             log.error("batch: %s: %s", result.run_dir, result.error)
         result.stages[stage] = round(time.monotonic() - t0, 3)
 
+    def side_by_side(job: Callable[[BatchItem, BatchRun], None], todo: list[tuple[BatchItem, BatchRun]], together: bool) -> None:
+        """`job` for every (item, result): one after another, or (`together`) each on a thread so every worker stays busy."""
+        if not together:
+            for item, result in todo:
+                job(item, result)
+            return
+        assert workers is not None
+        with ThreadPoolExecutor(max_workers=max(1, len(todo))) as threads:
+            futures = [threads.submit(contextvars.copy_context().run, job, i, r) for i, r in todo]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:  # Ctrl-C: the other runs' work on the workers stops now, not when it is done
+                workers.close(now=True)
+                raise
+
     try:
-        # 1. Plans (a failure here fails only that idea).
-        for item, result in zip(items, results):
-            one_plan(item, result)
+        # 1. Plans (a failure here fails only that idea); side by side where the workers make them.
+        side_by_side(one_plan, list(zip(items, results)), workers is not None and "planner" in workers.distributes)
         for pool in pools.values():
             pool.release()
+        if workers is not None:
+            workers.release(("planner",))  # what loads ahead for the first stage stays
         # 2. Stage-major: every run's visual, then every run's judge, ... each pool holds its model across runs.
         for stage in stages:
             todo = [(item, result) for item, result in zip(items, results) if result.status == "ok" and result.run_dir is not None]
-            if workers is not None and stage in ("visual", "video"):
-                with ThreadPoolExecutor(max_workers=max(1, len(todo))) as threads:
-                    futures = [threads.submit(contextvars.copy_context().run, one_stage, stage, i, r) for i, r in todo]
-                    try:
-                        for future in futures:
-                            future.result()
-                    except BaseException:  # Ctrl-C: the other runs' beats on the workers stop now, not when they are done
-                        workers.close(now=True)
-                        raise
-            else:
-                for item, result in todo:
-                    one_stage(stage, item, result)
+            side_by_side(functools.partial(one_stage, stage), todo, workers is not None and stage in ("visual", "video"))
             for pool in pools.values():
                 pool.release()
             if workers is not None:

@@ -29,6 +29,7 @@ from typing import Any
 from .context import BackendPool, RunContext
 from .errors import InputError, StageError, StoryboardError
 from .produce import Item, in_flight
+from .schema import Plan
 
 log = logging.getLogger("storyboard")
 
@@ -53,13 +54,18 @@ class Workers:
     """Interface: `size` workers; `make()` one artifact on a free worker; `release()` their models."""
 
     size = 1
-    distributes = ("image", "image.base", "tts", "video")
+    distributes: tuple[str, ...] = ("image", "image.base", "tts", "video")
 
     def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
         raise NotImplementedError
 
-    def release(self) -> None:
+    def release(self, capabilities: tuple[str, ...] | None = None) -> None:
+        """Free the workers' models (or only those of `capabilities`)."""
         return None
+
+    def plan(self, idea: str, format_name: str, seed: int) -> tuple[Plan, dict[str, Any]]:
+        """(plan, its figures) made on a worker: only where "planner" is in `distributes`."""
+        raise NotImplementedError
 
     def loads(self) -> dict[str, int]:
         return {}
@@ -147,9 +153,9 @@ class LocalGPUs(_Devices):
         finally:
             self._done(cap, index, loaded - started, time.monotonic() - loaded)
 
-    def release(self) -> None:
+    def release(self, capabilities: tuple[str, ...] | None = None) -> None:
         for pool in self._pools:
-            pool.release()
+            pool.release(capabilities)
 
     def loads(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -171,8 +177,19 @@ class GPUProcesses(_Devices):
         self._children = [_Child(spawn, device, (kind, _with_device(config, device)), self.slots, self._wake) for device in devices]
         atexit.register(self.close)  # runs before multiprocessing's own exit hook, which would wait for them forever
 
+    distributes = ("planner", *Workers.distributes)  # a batch's plans too: each process loads the planner on its GPU
+
     def _usable(self, index: int) -> bool:
         return self._children[index].alive
+
+    def plan(self, idea: str, format_name: str, seed: int) -> tuple[Plan, dict[str, Any]]:
+        index = self._take("planner")
+        seconds = {"load_s": 0.0, "make_s": 0.0}
+        try:
+            plan, figures, seconds = self._children[index].call("plan", idea, format_name, seed)
+        finally:
+            self._done("planner", index, **seconds)
+        return plan, figures
 
     def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
         cap = capability.split(".")[0]
@@ -186,10 +203,10 @@ class GPUProcesses(_Devices):
         ctx.calls.update(calls)
         return {**extra, "device": child.device}
 
-    def release(self) -> None:
+    def release(self, capabilities: tuple[str, ...] | None = None) -> None:
         for child in self._children:
             if child.alive:
-                child.call("release")
+                child.call("release", capabilities)
 
     def load_ahead(self, stage: str) -> None:
         for child in self._children:
@@ -334,7 +351,10 @@ def _serve(conn: Connection, worker_spec: WorkerSpec, slots: int) -> None:
                 end()
             if message is None:
                 break
-            threads.submit(run, *message)
+            if message[1] == "load_ahead":  # here, in order: a later call sees the loads ahead started (they run on threads)
+                run(*message)
+            else:
+                threads.submit(run, *message)
     worker.release()
 
 
@@ -359,8 +379,19 @@ class StageWorker:
             extra = _maker(capability)(ctx, backend, item, Path(tmp))
         return extra, dict(ctx.calls), {"load_s": loaded - started, "make_s": time.monotonic() - loaded}
 
-    def release(self) -> None:
-        self.pool.release()
+    def plan(self, idea: str, format_name: str, seed: int) -> tuple[Plan, dict[str, Any], dict[str, float]]:
+        """(the plan, its figures for run.json, {load_s, make_s}); the caller writes it into the run."""
+        from .plan import make_plan
+
+        figures: dict[str, Any] = {}
+        started = time.monotonic()
+        with self.pool.loaded("planner", Counter()):
+            loaded = time.monotonic()
+        plan = make_plan(idea, format_name, self.config, seed, self.pool, figures)
+        return plan, figures, {"load_s": loaded - started, "make_s": time.monotonic() - loaded}
+
+    def release(self, capabilities: tuple[str, ...] | None = None) -> None:
+        self.pool.release(capabilities)
 
     def loads(self) -> dict[str, int]:
         return dict(self.pool.loads)
@@ -424,8 +455,8 @@ class RayWorkers(Workers):
         ctx.calls.update(calls)
         return extra
 
-    def release(self) -> None:
-        self.ray.get([a.release.remote() for a in self.actors])
+    def release(self, capabilities: tuple[str, ...] | None = None) -> None:
+        self.ray.get([a.release.remote(capabilities) for a in self.actors])
 
     def loads(self) -> dict[str, int]:
         total: Counter[str] = Counter()

@@ -52,15 +52,20 @@ class RunSummary:
         return asdict(self)
 
 
-def create_run(idea: str, format_name: str, config: dict[str, Any], out: Path, seed: int = 0, pool: BackendPool | None = None) -> Path:
-    """Plan a new idea under `out` (or reuse today's run of the same idea); returns its directory."""
+def create_run(idea: str, format_name: str, config: dict[str, Any], out: Path, seed: int = 0, pool: BackendPool | None = None,
+               workers: Workers | None = None) -> Path:
+    """Plan a new idea under `out` (or reuse today's run of the same idea); returns its directory. The plan is made
+    on a worker where the workers take plans (worker processes: a batch's plans side by side, one per GPU)."""
     load_format(format_name)  # unknown or broken format: fail before any directory exists
     root = out / run_name(idea)
     if (root / "plan.json").is_file():
         log.info("plan: %s already has a plan; resuming", root)
         return root
     figures: dict[str, Any] = {}
-    plan = make_plan(idea, format_name, config, seed, pool, figures)
+    if workers is not None and "planner" in workers.distributes:
+        plan, figures = workers.plan(idea, format_name, seed)
+    else:
+        plan = make_plan(idea, format_name, config, seed, pool, figures)
     root.mkdir(parents=True, exist_ok=True)
     with RunLock(root):
         if not (root / "plan.json").is_file():

@@ -101,3 +101,19 @@ def test_a_bad_workers_setting_names_the_field(capability: str, name: str, bad: 
     with pytest.raises(PreflightError, match=rf"{capability}\.workers: .*whole number"):
         create(capability, {"backend": name, "workers": bad})
     assert create(capability, {"backend": name, "workers": 3}).workers == 3
+
+
+def test_a_section_module_registers_your_own_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`module:` in a section is imported before the backend is looked up (so worker processes find it too)."""
+    from storyboard import backends
+
+    (tmp_path / "my_planners.py").write_text(
+        "from storyboard.backends import register\n"
+        "from storyboard.backends.template_planner import TemplatePlanner\n"
+        "@register('planner', 'mine')\n"
+        "class Mine(TemplatePlanner):\n"
+        "    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert type(backends.create("planner", {"backend": "mine", "module": "my_planners"})).__name__ == "Mine"
+    with pytest.raises(InputError, match="planner.module: cannot import 'no_such_planners'"):
+        backends.create("planner", {"backend": "mine", "module": "no_such_planners"})

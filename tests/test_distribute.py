@@ -83,8 +83,8 @@ def test_beats_split_across_devices_leave_the_same_run(tmp_path: Path, mode: str
 
 def test_batch_on_worker_processes_matches_the_local_batch(tmp_path: Path) -> None:
     """`storyboard batch --gpus` with a worker process per device (CPU stand-ins): the same plans, files and keys as
-    the plain batch; each process loads each distributed stage's model once, the image model while the plans are
-    written (load_ahead on)."""
+    the plain batch; the plans are made in the processes; each process loads each distributed stage's model once,
+    the image model while the plans are written (load_ahead on)."""
     import yaml
 
     from storyboard.profiles import profiles_dir
@@ -100,6 +100,8 @@ def test_batch_on_worker_processes_matches_the_local_batch(tmp_path: Path) -> No
     assert keys_and_plans(tmp_path / "split") == keys_and_plans(tmp_path / "local")
     assert split["loads"]["image"] == 2 and split["loads"]["video"] <= 2 and split["loads"]["tts"] <= 2
     assert set(split["workers"]["image"]) == {"cpu#0", "cpu#1"}
+    # The plans were made side by side in the worker processes (one planner per process), none in this one.
+    assert sum(row["beats"] for row in split["workers"]["planner"].values()) == 2 and 1 <= split["loads"]["planner"] <= 2
     assert sum(row["beats"] for row in split["workers"]["image"].values()) == local["calls"]["image.draw"]
 
 

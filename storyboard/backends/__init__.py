@@ -154,8 +154,14 @@ def available(capability: str) -> list[str]:
 
 
 def create(capability: str, settings: dict[str, Any]) -> Any:
-    """Build the backend named by `settings['backend']` (not yet loaded)."""
+    """Build the backend named by `settings['backend']` (not yet loaded). `settings['module']`: a module of your
+    own to import first, whose backends `register` themselves (imported in worker processes too)."""
     _load_builtins()
+    if settings.get("module"):
+        try:
+            importlib.import_module(str(settings["module"]))
+        except ImportError as error:
+            raise InputError(f"{capability}.module: cannot import {settings['module']!r} ({error})") from None
     name = settings.get("backend")
     table = _REGISTRY.get(capability, {})
     if name not in table:
