@@ -210,10 +210,7 @@ class BackendPool:
 
     def release(self, capabilities: Iterable[str] | None = None) -> None:
         """Free every loaded model (end of a batch stage), those loaded ahead too; or only those of `capabilities`."""
-        if capabilities is None:
-            self.drop_ahead()
-        else:
-            self.drop_ahead(capabilities)
+        self.drop_ahead(capabilities)
         for capability in list(self._open) if capabilities is None else [c for c in capabilities if c in self._open]:
             self._close(capability)
 

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -183,25 +183,24 @@ class GPUProcesses(_Devices):
         return self._children[index].alive
 
     def plan(self, idea: str, format_name: str, seed: int) -> tuple[Plan, dict[str, Any]]:
-        index = self._take("planner")
-        seconds = {"load_s": 0.0, "make_s": 0.0}
-        try:
-            plan, figures, seconds = self._children[index].call("plan", idea, format_name, seed)
-        finally:
-            self._done("planner", index, **seconds)
+        _, (plan, figures) = self._on_a_child("planner", "plan", idea, format_name, seed)
         return plan, figures
 
     def make(self, capability: str, ctx: RunContext, item: Item, tmp: Path) -> dict[str, Any]:
-        cap = capability.split(".")[0]
-        index = self._take(cap)
-        child = self._children[index]
+        device, (extra, calls) = self._on_a_child(capability.split(".")[0], "make", capability, str(ctx.rd.root), item.number,
+                                                  item.rel, item.inputs, str(tmp))
+        ctx.calls.update(calls)
+        return {**extra, "device": device}
+
+    def _on_a_child(self, capability: str, method: str, *args: Any) -> tuple[str, tuple[Any, ...]]:
+        """(device, the answer less its seconds) of `method(*args)` on the least busy process, counted in `figures`."""
+        index = self._take(capability)
         seconds = {"load_s": 0.0, "make_s": 0.0}
         try:
-            extra, calls, seconds = child.call("make", capability, str(ctx.rd.root), item.number, item.rel, item.inputs, str(tmp))
+            *answer, seconds = self._children[index].call(method, *args)
         finally:
-            self._done(cap, index, **seconds)
-        ctx.calls.update(calls)
-        return {**extra, "device": child.device}
+            self._done(capability, index, **seconds)
+        return self._children[index].device, tuple(answer)
 
     def release(self, capabilities: tuple[str, ...] | None = None) -> None:
         for child in self._children:
@@ -373,22 +372,28 @@ class StageWorker:
 
         ctx = RunContext.open(Path(root), self.config, pool=self.pool)
         item = Item(number, ctx.rd.root / rel, inputs, Freshness("missing"), rel)
-        started = time.monotonic()
-        with self.pool.loaded(capability.split(".")[0], ctx.calls) as backend:
-            loaded = time.monotonic()
+        with self._timed(capability.split(".")[0], ctx.calls) as (backend, seconds):
             extra = _maker(capability)(ctx, backend, item, Path(tmp))
-        return extra, dict(ctx.calls), {"load_s": loaded - started, "make_s": time.monotonic() - loaded}
+        return extra, dict(ctx.calls), seconds
 
     def plan(self, idea: str, format_name: str, seed: int) -> tuple[Plan, dict[str, Any], dict[str, float]]:
         """(the plan, its figures for run.json, {load_s, make_s}); the caller writes it into the run."""
         from .plan import make_plan
 
         figures: dict[str, Any] = {}
+        with self._timed("planner", Counter()) as (_, seconds):
+            plan = make_plan(idea, format_name, self.config, seed, self.pool, figures)
+        return plan, figures, seconds
+
+    @contextlib.contextmanager
+    def _timed(self, capability: str, calls: Counter[str]) -> Iterator[tuple[Any, dict[str, float]]]:
+        """The loaded backend, and {load_s, make_s}: filled in as the block ends."""
+        seconds: dict[str, float] = {}
         started = time.monotonic()
-        with self.pool.loaded("planner", Counter()):
+        with self.pool.loaded(capability, calls) as backend:
             loaded = time.monotonic()
-        plan = make_plan(idea, format_name, self.config, seed, self.pool, figures)
-        return plan, figures, {"load_s": loaded - started, "make_s": time.monotonic() - loaded}
+            yield backend, seconds
+        seconds.update(load_s=loaded - started, make_s=time.monotonic() - loaded)
 
     def release(self, capabilities: tuple[str, ...] | None = None) -> None:
         self.pool.release(capabilities)
