@@ -202,3 +202,19 @@ def test_ray_and_gpus_together_is_refused() -> None:
         make_workers({}, None, "first")
     with pytest.raises(InputError, match="gpu_workers: 'fork'"):
         make_workers({"gpu_workers": "fork"}, None, "0")
+
+
+def test_releasing_the_planners_keeps_the_first_stage_loading_ahead() -> None:
+    """After a batch's plans only the planners are freed: the image model loading ahead for the visual stage stays."""
+    from collections import Counter
+
+    from storyboard.context import BackendPool
+
+    pool = BackendPool({**resolve_config("offline"), "load_ahead": "on"}, hold=True)
+    with pool.loaded("planner", Counter()):
+        pass
+    pool.load_ahead([("image", None)])
+    pool.release(("planner",))
+    assert pool.has("image") and not pool.has("planner")
+    pool.release()
+    assert not pool.has("image")
