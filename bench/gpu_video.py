@@ -8,7 +8,8 @@ One call does the whole measurement for the variants asked:
    call + frames scaled and encoded to H.264/AAC) against the bare pipeline call with the very
    same arguments (captured from the backend's call), peak GPU memory;
 4. stage throughput: a short's 11 clips through the backend with its 2 workers (one clip on the GPU
-   while the previous one is encoded), against 11 bare calls.
+   while the previous one is encoded), against 11 bare calls, in the order --stage-order gives
+   (ways of handing frames to the encoder and bare calls, side by side in one call).
 
 Random weights make every frame noise, the worst case for H.264 (about 30 MB per 5 s clip): the
 per-call figures carry that encode; the stage figure shows it hidden behind the next clip.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu_image import gpu_name, sync  # noqa: E402
 from bench.random_models import build_once, ltx2, report  # noqa: E402
 from storyboard.backends import ClipRequest  # noqa: E402
+from storyboard.backends.diffusers_video import frame_count  # noqa: E402
 from storyboard.backends.hf_common import peak_gib, reset_peak  # noqa: E402
 from storyboard.backends.ltx2_video import LTX2Video  # noqa: E402
 
@@ -121,7 +123,7 @@ class Capture:
 
 
 def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: list[tuple], repeats: int, device: str,
-            stage_clips: int, stage_workers_too: bool = False) -> dict[str, Any]:
+            stage_clips: int, stage_order: list[str], on_row: Any = None) -> dict[str, Any]:
     capture = Capture()
     settings = {"backend": "ltx2", "model": str(model), "device": device, **options,
                 "presets": {"distilled": {}, "full": {}}}
@@ -152,6 +154,8 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
             if first:  # warm-up (kernels, allocator), also the clip the sfx case continues from
                 backend.animate(request, out / "warmup.mp4")
                 first = False
+            if not repeats:
+                continue
             reset_peak()
             through, bare = [], []
             for _ in range(1 if quality == "full" else repeats):  # 30 guided steps: one is enough
@@ -170,36 +174,59 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
             results["stage_figures"] = backend.stage_figures()
             capture.close()
             return results
-        # Stage throughput: a short's clips with the backend's workers (GPU and encoding overlap) against bare calls.
+        # Stage throughput: a short's clips with the backend's workers (GPU and encoding overlap) against bare calls,
+        # in the order asked, so drift on the machine shows between repeats of a mode.
         request, (case, _w, _h, long_side, _s, quality, _r) = requests[0], cases[0]
         backend.preset_name = quality
         backend.settings["presets"][quality]["long_side"] = long_side
+        if capture.last is None or capture.last[2]["num_frames"] != frame_count(request.duration, 24, backend.temporal()):
+            backend.animate(request, out / "stage_warmup.mp4")  # the bare calls repeat the stage's own arguments
         batch = [ClipRequest(**{**request.__dict__, "number": i, "seed": 100 + i}) for i in range(stage_clips)]
-        backend.timeline.clear()
-        sync()
-        started = time.perf_counter()
-        with ThreadPoolExecutor(backend.workers) as pool:
-            list(pool.map(lambda r: backend.animate(r, out / f"stage_{r.number}.mp4"), batch))
-        sync()
-        stage = time.perf_counter() - started
-        gaps = backend.gpu_gaps()
-        bare_total = sum(capture.bare(r.seed) for r in batch)
-        with ThreadPoolExecutor(1) as one:  # the same bare calls from a worker thread, as the stage makes them
-            bare_thread = sum(one.submit(capture.bare, r.seed).result() for r in batch)
-        serial = {}
-        if stage_workers_too:  # the stage again with one worker: no encode beside the pipeline
-            backend.timeline.clear()
-            sync()
-            started = time.perf_counter()
-            for r in batch:
-                backend.animate(r, out / f"serial_{r.number}.mp4")
-            serial = {"one_worker_s": round(time.perf_counter() - started, 3), **{f"one_worker_{k}": v for k, v in backend.gpu_gaps().items()}}
-        results["stage"] = {"case": case, "clips": stage_clips, "workers": backend.workers, "stage_s": round(stage, 3), "bare_s": round(bare_total, 3),
-                            "overhead": round(stage / bare_total - 1, 4), **gaps, "bare_thread_s": round(bare_thread, 3), **serial}
-        print(json.dumps(results["stage"]), flush=True)
+        results["stage_runs"] = []
+        for mode in stage_order:
+            row = stage_run(backend, capture, batch, out, mode)
+            results["stage_runs"].append(row)
+            print(json.dumps(row), flush=True)
+            if on_row:
+                on_row(results)
         results["stage_figures"] = backend.stage_figures()
         capture.close()
     return results
+
+
+# Stage modes: how the clips' frames reach the encoder. "beside" is the product's way (the copy to the host after the
+# turn, beside the next clip's call; the encoder's child off two cores); "in-turn" copies inside the turn; "before"
+# also lets the encoder's child on every core (the backend before 2026-11-23). "bare"/"bare-thread": the stage's
+# pipeline calls made directly, from the main thread or from one worker thread.
+MODES = {"beside": (False, 2), "in-turn": (True, 2), "before": (True, 0)}
+
+
+def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode: str) -> dict[str, Any]:
+    from storyboard.media import Encoder, write_clip
+
+    if mode in ("bare", "bare-thread"):
+        started = time.perf_counter()
+        if mode == "bare":
+            bare = sum(capture.bare(r.seed) for r in batch)
+        else:
+            with ThreadPoolExecutor(1) as one:
+                bare = sum(one.submit(capture.bare, r.seed).result() for r in batch)
+        return {"mode": mode, "clips": len(batch), "seconds": round(bare, 3), "wall_s": round(time.perf_counter() - started, 3)}
+    copy_in_turn, spare = MODES[mode]
+    backend.copy_in_turn = copy_in_turn
+    if backend.encoder.spare_cores != spare:
+        backend.encoder.close()
+        backend.encoder = Encoder(spare_cores=spare)
+        backend.encoder.submit_frames((1, 64, 64, 3), lambda into: None, write_clip, out / "encoder_warmup.mp4", 24, (64, 64), None,
+                                      48000, 0.05)()  # its child started before the clock
+    backend.timeline.clear()
+    sync()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(backend.workers) as pool:
+        list(pool.map(lambda r: backend.animate(r, out / f"stage_{r.number}.mp4"), batch))
+    sync()
+    return {"mode": mode, "clips": len(batch), "workers": backend.workers, "seconds": round(time.perf_counter() - started, 3),
+            **backend.gpu_gaps()}
 
 
 def text_encoder(root: Path, device: str, size: str) -> dict[str, Any]:
@@ -271,7 +298,8 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all for the size)")
     parser.add_argument("--stage-clips", type=int, default=11, help="clips in the throughput run (hook + 10 beats)")
     parser.add_argument("--stage-variants", default="", help="variants that get the throughput run (default: all)")
-    parser.add_argument("--one-worker-too", action="store_true", help="also time the stage's clips one at a time")
+    parser.add_argument("--stage-order", default="bare,beside,before,in-turn,bare,beside",
+                        help=f"stage runs in this order: {', '.join([*MODES, 'bare', 'bare-thread'])}")
     parser.add_argument("--text-encoder", action="store_true", help="only the Gemma-3-12B text encoder, bf16 against nf4")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -291,10 +319,15 @@ def main() -> None:
     for threads in (1, 2, 4, 8):  # x264 threads of the clip encoder beside the pipeline
         known[f"gpu-profile-x{threads}"] = {**known["gpu-profile"], "encode_threads": threads}
     results = {"gpu": gpu_name(), "size": args.size, "build_and_save_s": round(build_s, 1), "variants": []}
+
+    def keep(partial: dict[str, Any]) -> None:  # what is measured so far survives a call cut short
+        if args.json:
+            args.json.write_text(json.dumps({**results, "variants": [*results["variants"], partial]}, indent=2))
+
     for name in args.variants.split(","):
         results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device,
                                               args.stage_clips if not args.stage_variants or name in args.stage_variants.split(",") else 0,
-                                              args.one_worker_too))
+                                              args.stage_order.split(","), keep))
     report(results, args.json)
 
 

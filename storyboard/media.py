@@ -149,12 +149,15 @@ class Encoder:
     """Encodes clips (x264) in one child process beside a GPU job. In a thread of the GPU process, the encoder's
     per-frame calls held the interpreter lock and the loop feeding the GPU waited on them; the frames also do not go
     through a pipe (writing 100+ MB to it takes the lock thousands of times): the caller writes them into shared
-    memory and the child reads them there. The child runs at a lower CPU priority (nice 10), starts on first use
-    (spawn: never a fork of a process holding CUDA) and lives until `close()`."""
+    memory and the child reads them there. The child runs at a lower CPU priority (nice 10) and off the first
+    `spare_cores` cores (where it has twice that many or more; x264 sizes its threads to the rest), so the thread
+    feeding the GPU always finds a free core. It starts on first use (spawn: never a fork of a process holding CUDA)
+    and lives until `close()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, spare_cores: int = 2) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.spare_cores = spare_cores
 
     def submit_frames(self, shape: tuple[int, ...], fill: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """`fill(frames)` writes uint8 frames of `shape` into shared memory now, in this thread; then
@@ -173,7 +176,8 @@ class Encoder:
             del frames  # the block cannot close while a view of it lives
             with self._lock:
                 if self._pool is None:
-                    self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
+                    self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_stand_aside,
+                                                     initargs=(self.spare_cores,))
                 future = self._pool.submit(_on_shared_frames, shm.name, shape, fn, *args, **kwargs)
         except BaseException:
             release()
@@ -194,9 +198,14 @@ class Encoder:
                 self._pool = None
 
 
-def _lower_priority() -> None:
+def _stand_aside(spare_cores: int) -> None:
+    """In the encoder's child: a lower priority, and the first `spare_cores` cores left to the parent."""
     if hasattr(os, "nice"):
         os.nice(10)
+    if spare_cores and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) >= 2 * spare_cores:
+            os.sched_setaffinity(0, cores[spare_cores:])
 
 
 def _on_shared_frames(name: str, shape: tuple[int, ...], fn: Any, *args: Any, **kwargs: Any) -> Any:

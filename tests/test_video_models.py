@@ -373,3 +373,96 @@ def test_encoder_child_reads_the_frames_from_shared_memory_and_releases_it(tmp_p
     assert not (tmp_path / "b.mp4").exists()
     if Path("/dev/shm").is_dir():
         assert set(Path("/dev/shm").iterdir()) <= before
+
+
+def test_frames_reach_the_host_while_the_next_clip_is_in_the_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip's turn on the model ends once its frames are quantised: their copy to the host (and encode) runs beside
+    the next clip's pipeline call. The clips are the same as with the copy inside the turn."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffusers import LTXImageToVideoPipeline
+
+    import storyboard.backends.diffusers_video as video
+    from storyboard.backends import ClipRequest
+
+    model = tiny_models.ltx_video(tmp_path / "ltx-video")
+    Image.new("RGB", (64, 96), (30, 160, 90)).save(tmp_path / "beat.png")
+    calls: list[int] = []
+    second = threading.Event()
+    real_call, real_copy = LTXImageToVideoPipeline.__call__, video.to_host
+
+    @functools.wraps(real_call)
+    def call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs["generator"].initial_seed())
+        if len(calls) == 2:
+            second.set()
+        return real_call(self, *args, **kwargs)
+
+    def copy(frames, into, ready=None):  # type: ignore[no-untyped-def]
+        if len(calls) == 1:  # the first clip's copy: the second clip must get the model meanwhile
+            assert second.wait(30), "the next clip waited for the copy"
+        real_copy(frames, into, ready)
+
+    monkeypatch.setattr(LTXImageToVideoPipeline, "__call__", call)
+    monkeypatch.setattr(video, "to_host", copy)
+
+    def request(number: int) -> ClipRequest:
+        return ClipRequest(number=number, renderer="i2v", image=tmp_path / "beat.png", audio=None, duration=1.0, width=64, height=96,
+                           fps=24, seed=number, prompt="a cat judge")
+
+    with video.LTXVideo({"model": str(model), "device": "cpu", "presets": {"distilled": {"long_side": 96}}}) as backend:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda n: backend.animate(request(n), tmp_path / f"beside_{n}.mp4"), (1, 2)))
+        figures = backend.gpu_gaps()
+        assert figures["clips"] == 2 and figures["convert_s"] > 0
+        backend.copy_in_turn = True
+        for number in (1, 2):
+            backend.animate(request(number), tmp_path / f"in_turn_{number}.mp4")
+
+    def frames(path: Path) -> np.ndarray:
+        import av
+
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+    for number in (1, 2):
+        assert np.array_equal(frames(tmp_path / f"beside_{number}.mp4"), frames(tmp_path / f"in_turn_{number}.mp4"))
+
+
+def test_quantise_scales_and_rounds_where_the_frames_are() -> None:
+    import torch
+
+    from storyboard.backends.diffusers_video import quantise, to_host
+
+    video = torch.rand(5, 3, 8, 6)
+    video[0, 0, 0, 0], video[1, 1, 2, 3] = 1.7, -0.2  # out of range: clamped
+    same = quantise(video, (6, 8), chunk=2)
+    assert same.dtype == torch.uint8 and same.shape == (5, 8, 6, 3)
+    expected = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert torch.equal(same, expected) and same[0, 0, 0, 0] == 255 and same[1, 2, 3, 1] == 0
+    host = np.zeros((5, 16, 12, 3), np.uint8)
+    to_host(quantise(video, (12, 16), chunk=3), host)
+    assert host.any() and np.abs(host[:, ::2, ::2].astype(int) - expected.numpy()).mean() < 40  # the same picture, twice the size
+
+
+def _child_cores(frames: np.ndarray) -> list[int]:
+    import os
+
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="no CPU affinity on this system")
+def test_encoder_child_leaves_the_first_cores_to_the_gpu_process() -> None:
+    import os
+
+    from storyboard.media import Encoder
+
+    cores = sorted(os.sched_getaffinity(0))
+    for spare in (1, 2):
+        encoder = Encoder(spare_cores=spare)
+        try:
+            seen = encoder.submit_frames((1,), lambda into: None, _child_cores)()
+        finally:
+            encoder.close()
+        assert seen == (cores[spare:] if len(cores) >= 2 * spare else cores)
