@@ -195,13 +195,29 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
 
 
 # Stage modes: how the clips' frames reach the encoder. "beside" is the product's way (the copy to the host after the
-# turn, beside the next clip's call; the encoder's child off two cores); "in-turn" copies inside the turn; "before"
-# also lets the encoder's child on every core (the backend before 2026-11-23). "bare"/"bare-thread": the stage's
+# turn, beside the next clip's call; the encoder's child off two cores at nice 10); "in-turn" copies inside the turn;
+# "before" also lets the encoder's child on every core (the backend before 2026-11-23); "idle" runs the child under
+# SCHED_IDLE; "x4"/"x2" give x264 that many threads; "no-encode" copies the frames but the child only reads them;
+# "no-copy" neither copies nor encodes (the turns alone, with two workers); "callers" runs each pipeline call on the
+# worker thread that asked for it (the backend before its one GPU thread), "-1" with one worker. "bare"/"bare-thread": the stage's
 # pipeline calls made directly, from the main thread or from one worker thread.
-MODES = {"beside": (False, 2), "in-turn": (True, 2), "before": (True, 0)}
+BESIDE = {"copy_in_turn": False, "spare": 2, "idle": False, "threads": 0, "encode": "x264", "one_thread": True, "workers": 2}
+MODES = {"beside": BESIDE, "in-turn": {**BESIDE, "copy_in_turn": True}, "before": {**BESIDE, "copy_in_turn": True, "spare": 0},
+         "idle": {**BESIDE, "idle": True}, "x4": {**BESIDE, "threads": 4}, "x2": {**BESIDE, "threads": 2},
+         "no-encode": {**BESIDE, "encode": "read"}, "no-copy": {**BESIDE, "encode": "none"},
+         "callers": {**BESIDE, "one_thread": False}, "no-copy-callers": {**BESIDE, "encode": "none", "one_thread": False},
+         "no-copy-1": {**BESIDE, "encode": "none", "workers": 1}}
+
+
+def read_only(frames: np.ndarray, *args: Any, **kwargs: Any) -> int:
+    """In the encoder's child for "no-encode": touch every byte of the frames, encode nothing."""
+    return int(frames.sum(dtype=np.uint64) % 251)
 
 
 def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode: str) -> dict[str, Any]:
+    import importlib
+
+    import storyboard.backends.diffusers_video as video
     from storyboard.media import Encoder, write_clip
 
     if mode in ("bare", "bare-thread"):
@@ -212,21 +228,31 @@ def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode:
             with ThreadPoolExecutor(1) as one:
                 bare = sum(one.submit(capture.bare, r.seed).result() for r in batch)
         return {"mode": mode, "clips": len(batch), "seconds": round(bare, 3), "wall_s": round(time.perf_counter() - started, 3)}
-    copy_in_turn, spare = MODES[mode]
-    backend.copy_in_turn = copy_in_turn
-    if backend.encoder.spare_cores != spare:
+    how = MODES[mode]
+    backend.copy_in_turn, backend.one_thread = how["copy_in_turn"], how["one_thread"]
+    backend.settings["encode_threads"] = how["threads"]
+    if (backend.encoder.spare_cores, backend.encoder.idle) != (how["spare"], how["idle"]):
         backend.encoder.close()
-        backend.encoder = Encoder(spare_cores=spare)
+        backend.encoder = Encoder(spare_cores=how["spare"], idle=how["idle"])
         backend.encoder.submit_frames((1, 64, 64, 3), lambda into: None, write_clip, out / "encoder_warmup.mp4", 24, (64, 64), None,
                                       48000, 0.05)()  # its child started before the clock
+    submit = backend._submit_encode
+    if how["encode"] == "read":  # by its package name, so the child can import it
+        video.write_clip = importlib.import_module("bench.gpu_video").read_only
+    elif how["encode"] == "none":
+        backend._submit_encode = lambda *args: ((lambda: None), 0.0)
     backend.timeline.clear()
     sync()
     started = time.perf_counter()
-    with ThreadPoolExecutor(backend.workers) as pool:
-        list(pool.map(lambda r: backend.animate(r, out / f"stage_{r.number}.mp4"), batch))
-    sync()
-    return {"mode": mode, "clips": len(batch), "workers": backend.workers, "seconds": round(time.perf_counter() - started, 3),
-            **backend.gpu_gaps()}
+    try:
+        with ThreadPoolExecutor(how["workers"]) as pool:
+            list(pool.map(lambda r: backend.animate(r, out / f"stage_{r.number}.mp4"), batch))
+        sync()
+        seconds = time.perf_counter() - started
+    finally:
+        video.write_clip, backend._submit_encode = write_clip, submit
+        backend.settings["encode_threads"] = 0
+    return {"mode": mode, "clips": len(batch), "workers": how["workers"], "seconds": round(seconds, 3), **backend.gpu_gaps()}
 
 
 def text_encoder(root: Path, device: str, size: str) -> dict[str, Any]:

@@ -377,7 +377,8 @@ def test_encoder_child_reads_the_frames_from_shared_memory_and_releases_it(tmp_p
 
 def test_frames_reach_the_host_while_the_next_clip_is_in_the_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A clip's turn on the model ends once its frames are quantised: their copy to the host (and encode) runs beside
-    the next clip's pipeline call. The clips are the same as with the copy inside the turn."""
+    the next clip's pipeline call. Every call runs on the backend's one GPU thread, whichever worker asked. The clips
+    are the same as with the copy inside the turn."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -389,12 +390,14 @@ def test_frames_reach_the_host_while_the_next_clip_is_in_the_pipeline(tmp_path: 
     model = tiny_models.ltx_video(tmp_path / "ltx-video")
     Image.new("RGB", (64, 96), (30, 160, 90)).save(tmp_path / "beat.png")
     calls: list[int] = []
+    threads: set[str] = set()
     second = threading.Event()
     real_call, real_copy = LTXImageToVideoPipeline.__call__, video.to_host
 
     @functools.wraps(real_call)
     def call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(kwargs["generator"].initial_seed())
+        threads.add(threading.current_thread().name)
         if len(calls) == 2:
             second.set()
         return real_call(self, *args, **kwargs)
@@ -416,6 +419,7 @@ def test_frames_reach_the_host_while_the_next_clip_is_in_the_pipeline(tmp_path: 
             list(pool.map(lambda n: backend.animate(request(n), tmp_path / f"beside_{n}.mp4"), (1, 2)))
         figures = backend.gpu_gaps()
         assert figures["clips"] == 2 and figures["convert_s"] > 0
+        assert len(threads) == 1 and next(iter(threads)).startswith("ltx-video-gpu")
         backend.copy_in_turn = True
         for number in (1, 2):
             backend.animate(request(number), tmp_path / f"in_turn_{number}.mp4")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,9 @@ class ClipBackend(BackendBase, LoadedModel):
         self.pipe: Any = None
         self.workers = self.workers_setting("video", 2)
         self.gpu = threading.Lock()  # one pipeline call at a time
+        self.turns: ThreadPoolExecutor | None = None  # the one thread every pipeline call of the stage runs on
+        self._turns_made = threading.Lock()
+        self.one_thread = True  # False: each call on its caller's thread (the way before; the bench compares both)
         self.encoder = Encoder()  # clips are encoded in a child process beside the next pipeline call
         self.timeline: list[tuple[float, float, float]] = []  # per clip: its turn on the GPU (start, end), then the copy's seconds
         self.copy_in_turn = False  # copy the frames to the host inside the turn (the way before; the bench compares both)
@@ -138,6 +142,9 @@ class ClipBackend(BackendBase, LoadedModel):
         return missing({"video": self.model_ref})
 
     def __exit__(self, *exc: object) -> None:
+        if self.turns is not None:
+            self.turns.shutdown()
+            self.turns = None
         self.encoder.close()
         self.pipe = None
         free_memory()
@@ -170,19 +177,30 @@ class ClipBackend(BackendBase, LoadedModel):
             with Image.open(request.image) as img:
                 image = img.convert("RGB")
         image = image.resize((width, height), Image.Resampling.LANCZOS)
-        with self.gpu:
-            held = time.perf_counter()
-            self._before_call()
-            audio, rate, video = self._generate(request, preset, image, frames, fps, width, height)
-            pixels = quantise(retime(video, fps, request.fps), (request.width, request.height))
-            del video
-            ready = mark_ready(pixels)
-            if self.copy_in_turn:
-                job, copy_s = self._submit_encode(pixels, ready, out, request, audio, rate)
-            turned = time.perf_counter()
+
+        def turn() -> tuple[Any, ...]:
+            with self.gpu:
+                held = time.perf_counter()
+                self._before_call()
+                audio, rate, video = self._generate(request, preset, image, frames, fps, width, height)
+                pixels = quantise(retime(video, fps, request.fps), (request.width, request.height))
+                del video
+                ready = mark_ready(pixels)
+                job, copy_s = self._submit_encode(pixels, ready, out, request, audio, rate) if self.copy_in_turn else (None, 0.0)
+                return held, time.perf_counter(), pixels, ready, audio, rate, job, copy_s
+
+        # Every call runs on one thread: the stage's two workers alternating on the pipeline made each call ~5 % slower
+        # than the same calls made one after another from a single thread (BENCHMARKS.md).
+        if self.one_thread:
+            with self._turns_made:
+                if self.turns is None:
+                    self.turns = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-gpu")
+            held, turned, pixels, ready, audio, rate, job, copy_s = self.turns.submit(turn).result()
+        else:
+            held, turned, pixels, ready, audio, rate, job, copy_s = turn()
         # The turn ends once the frames' kernels are queued: the next clip's call starts while the bytes come to the
         # host (into memory the encoder's child reads) and are encoded.
-        if not self.copy_in_turn:
+        if job is None:
             job, copy_s = self._submit_encode(pixels, ready, out, request, audio, rate)
         self.timeline.append((held, turned, copy_s))
         del pixels
