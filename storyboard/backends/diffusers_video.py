@@ -161,8 +161,13 @@ class ClipBackend(BackendBase, LoadedModel):
         return int(self.pipe.vae_temporal_compression_ratio)
 
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
-                  height: int) -> tuple[np.ndarray | None, int, Any]:
+                  height: int, ahead: Any = None) -> tuple[np.ndarray | None, int, Any]:
         raise NotImplementedError
+
+    def _ahead_of_turn(self, request: ClipRequest) -> Any:
+        """Hook run on the caller's thread before the clip's turn (while another clip may hold the GPU): what it
+        returns reaches `_generate` as `ahead`."""
+        return None
 
     def animate(self, request: ClipRequest, out: Path) -> None:
         from PIL import Image
@@ -177,12 +182,13 @@ class ClipBackend(BackendBase, LoadedModel):
             with Image.open(request.image) as img:
                 image = img.convert("RGB")
         image = image.resize((width, height), Image.Resampling.LANCZOS)
+        ahead = self._ahead_of_turn(request)
 
         def turn() -> tuple[Any, ...]:
             with self.gpu:
                 held = time.perf_counter()
                 self._before_call()
-                audio, rate, video = self._generate(request, preset, image, frames, fps, width, height)
+                audio, rate, video = self._generate(request, preset, image, frames, fps, width, height, ahead)
                 pixels = quantise(retime(video, fps, request.fps), (request.width, request.height))
                 del video
                 ready = mark_ready(pixels)
@@ -247,7 +253,7 @@ class SilentImageToVideo(ClipBackend):
         return int(getattr(self.pipe, "vae_temporal_compression_ratio", None) or self.pipe.vae_scale_factor_temporal)
 
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
-                  height: int) -> tuple[np.ndarray | None, int, Any]:
+                  height: int, ahead: Any = None) -> tuple[np.ndarray | None, int, Any]:
         import torch
 
         call = {"image": image, "prompt": request.prompt, "negative_prompt": "", "num_frames": frames, "height": height, "width": width,

@@ -158,13 +158,37 @@ class LTX2Video(ClipBackend):
             self.embeds[prompt] = (embeds.cpu(), mask.cpu())
         return self.embeds[prompt]
 
-    def _prompt_kwargs(self, prompt: str, guided: bool) -> dict[str, Any]:
+    def _prompt_kwargs(self, prompt: str, guided: bool, ahead: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The pipeline's prompt arguments on the device: those `_ahead_of_turn` copied already, else copied now."""
+        import torch
+
+        if ahead is not None:
+            stream = torch.cuda.current_stream(torch.device(self.device))
+            stream.wait_event(ahead.pop("ready"))
+            for tensor in ahead.values():
+                tensor.record_stream(stream)  # made on the copy's stream, used on this one: not reused before that is done
+            return ahead
         embeds, mask = self._encode(prompt)
         kwargs = {"prompt_embeds": embeds.to(self.device), "prompt_attention_mask": mask.to(self.device)}
         if guided:  # the negative prompt is empty, encoded once
             negative, negative_mask = self._encode("")
             kwargs.update(negative_prompt_embeds=negative.to(self.device), negative_prompt_attention_mask=negative_mask.to(self.device))
         return kwargs
+
+    def _ahead_of_turn(self, request: ClipRequest) -> dict[str, Any] | None:
+        """On a GPU, the clip's prompt embeddings (~0.4 GB) start their copy to the device on a stream of their own
+        while the clip before holds the GPU, so the copy engine moves them and the turn does not wait for it."""
+        import torch
+
+        if self.deferred or not str(self.device).startswith("cuda") or request.prompt not in self.embeds:
+            return None
+        guided = self._guided(request.renderer)
+        copy = torch.cuda.Stream(device=torch.device(self.device))
+        with torch.cuda.stream(copy):
+            kwargs = self._prompt_kwargs(request.prompt, guided)
+        ready = torch.cuda.Event()
+        ready.record(copy)
+        return {**kwargs, "ready": ready}
 
     def prepare(self, prompts: list[str]) -> None:
         """Encode every prompt of the stage, then release the text encoder (it never shares the GPU with the transformer).
@@ -226,7 +250,7 @@ class LTX2Video(ClipBackend):
         self._on_device()
 
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
-                  height: int) -> tuple[np.ndarray | None, int, Any]:
+                  height: int, ahead: dict[str, Any] | None = None) -> tuple[np.ndarray | None, int, Any]:
         """One pipeline call: (audio to keep or None, its rate, frames as a (frames, 3, h, w) tensor in [0, 1])."""
         import torch
 
@@ -246,14 +270,15 @@ class LTX2Video(ClipBackend):
             result = self.a2v_pipe(
                 conditions=[LTX2VideoCondition(frames=image, index=0, strength=1.0)], audio_latents=self.speech_latents(speech),
                 freeze_audio=True, generate_slots=False, sigmas=sigmas, num_frames=frames, height=height, width=width,
-                frame_rate=fps, generator=generator, output_type="pt", **self._prompt_kwargs(request.prompt, False),
+                frame_rate=fps, generator=generator, output_type="pt", **self._prompt_kwargs(request.prompt, False, ahead),
                 **{k: v for k, v in extra.items() if k in {"decode_timestep", "decode_noise_scale"}})
             audio = load_audio(request.audio, rate, 2)  # the clip carries the TTS take itself, not the VAE's round trip
         else:
             guided = self._guided(request.renderer)
             call: dict[str, Any] = {"image": image, "num_frames": frames, "height": height, "width": width, "frame_rate": fps,
                                     "num_inference_steps": int(preset["steps"]), "guidance_scale": float(preset["guidance_scale"]),
-                                    "generator": generator, "output_type": "pt", **self._prompt_kwargs(request.prompt, guided), **extra}
+                                    "generator": generator, "output_type": "pt", **self._prompt_kwargs(request.prompt, guided, ahead),
+                                    **extra}
             if sigmas is not None:
                 call["sigmas"] = sigmas
             # The pipeline guides both streams when either scale is above 1: audio follows the video's choice.
