@@ -1,8 +1,9 @@
 """What the diffusers video backends share, and LTX-Video: the lighter image-to-video alternative.
 
 A clip backend loads its pipeline once per stage and animates each beat from its image (an sfx
-beat from the previous clip's last frame). Two clips are in flight: one in the pipeline while the
-other's frames, already scaled and quantised on the GPU, are encoded to H.264/AAC in a child process.
+beat from the previous clip's last frame). Two clips are in flight: one in the pipeline (every call on
+the backend's one GPU thread) while the other's frames, scaled and quantised on the GPU, are copied to
+the host on a stream of their own and encoded to H.264/AAC in a child process.
 """
 
 from __future__ import annotations
@@ -195,8 +196,8 @@ class ClipBackend(BackendBase, LoadedModel):
                 job, copy_s = self._submit_encode(pixels, ready, out, request, audio, rate) if self.copy_in_turn else (None, 0.0)
                 return held, time.perf_counter(), pixels, ready, audio, rate, job, copy_s
 
-        # Every call runs on one thread: the stage's two workers alternating on the pipeline made each call ~5 % slower
-        # than the same calls made one after another from a single thread (BENCHMARKS.md).
+        # Every call runs on one thread, whichever worker asks: with the two workers' threads taking turns on the
+        # pipeline, a short's 11 calls took 71.9 s against 64.5 s from one thread, side by side on an H100 (BENCHMARKS.md).
         if self.one_thread:
             with self._turns_made:
                 if self.turns is None:
