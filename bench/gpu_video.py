@@ -196,16 +196,15 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
 
 # Stage modes: how the clips' frames reach the encoder. "beside" is the product's way (the copy to the host after the
 # turn, beside the next clip's call; the encoder's child off two cores at nice 10); "in-turn" copies inside the turn;
-# "before" also lets the encoder's child on every core (the backend before 2026-11-23); "idle" runs the child under
-# SCHED_IDLE; "x4"/"x2" give x264 that many threads; "no-encode" copies the frames but the child only reads them;
-# "no-copy" neither copies nor encodes (the turns alone, with two workers); "callers" runs each pipeline call on the
-# worker thread that asked for it (the backend before its one GPU thread), "-1" with one worker. "bare"/"bare-thread": the stage's
+# "before" also lets the encoder's child on every core (the backend before 2026-11-23); "x4"/"x2" give x264 that many
+# threads; "no-encode" copies the frames but the child only reads them; "no-copy" neither copies nor encodes (the turns
+# alone, with two workers), "-1" with one worker. (The "idle" and "callers" modes in BENCHMARKS.md ran at 6a3ab1c: a
+# SCHED_IDLE encoder and each call on its caller's thread; both options left the backend afterwards.) "bare"/"bare-thread": the stage's
 # pipeline calls made directly, from the main thread or from one worker thread.
-BESIDE = {"copy_in_turn": False, "spare": 2, "idle": False, "threads": 0, "encode": "x264", "one_thread": True, "workers": 2}
+BESIDE = {"copy_in_turn": False, "spare": 2, "threads": 0, "encode": "x264", "workers": 2}
 MODES = {"beside": BESIDE, "in-turn": {**BESIDE, "copy_in_turn": True}, "before": {**BESIDE, "copy_in_turn": True, "spare": 0},
-         "idle": {**BESIDE, "idle": True}, "x4": {**BESIDE, "threads": 4}, "x2": {**BESIDE, "threads": 2},
+         "x4": {**BESIDE, "threads": 4}, "x2": {**BESIDE, "threads": 2},
          "no-encode": {**BESIDE, "encode": "read"}, "no-copy": {**BESIDE, "encode": "none"},
-         "callers": {**BESIDE, "one_thread": False}, "no-copy-callers": {**BESIDE, "encode": "none", "one_thread": False},
          "no-copy-1": {**BESIDE, "encode": "none", "workers": 1}}
 
 
@@ -229,11 +228,11 @@ def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode:
                 bare = sum(one.submit(capture.bare, r.seed).result() for r in batch)
         return {"mode": mode, "clips": len(batch), "seconds": round(bare, 3), "wall_s": round(time.perf_counter() - started, 3)}
     how = MODES[mode]
-    backend.copy_in_turn, backend.one_thread = how["copy_in_turn"], how["one_thread"]
+    backend.copy_in_turn = how["copy_in_turn"]
     backend.settings["encode_threads"] = how["threads"]
-    if (backend.encoder.spare_cores, backend.encoder.idle) != (how["spare"], how["idle"]):
+    if backend.encoder.spare_cores != how["spare"]:
         backend.encoder.close()
-        backend.encoder = Encoder(spare_cores=how["spare"], idle=how["idle"])
+        backend.encoder = Encoder(spare_cores=how["spare"])
         backend.encoder.submit_frames((1, 64, 64, 3), lambda into: None, write_clip, out / "encoder_warmup.mp4", 24, (64, 64), None,
                                       48000, 0.05)()  # its child started before the clock
     submit = backend._submit_encode

@@ -149,16 +149,15 @@ class Encoder:
     """Encodes clips (x264) in one child process beside a GPU job. In a thread of the GPU process, the encoder's
     per-frame calls held the interpreter lock and the loop feeding the GPU waited on them; the frames also do not go
     through a pipe (writing 100+ MB to it takes the lock thousands of times): the caller writes them into shared
-    memory and the child reads them there. The child runs at a lower CPU priority (nice 10, or only on idle cores
-    with `idle`) and off the first `spare_cores` cores (where it has twice that many or more; x264 sizes its threads
-    to the rest), so the thread feeding the GPU always finds a free core. It starts on first use (spawn: never a fork
+    memory and the child reads them there. The child runs at a lower CPU priority (nice 10) and off the first
+    `spare_cores` cores (where it has twice that many or more; x264 sizes its threads to the rest), so the thread
+    feeding the GPU always finds a free core. It starts on first use (spawn: never a fork
     of a process holding CUDA) and lives until `close()`."""
 
-    def __init__(self, spare_cores: int = 2, idle: bool = False) -> None:
+    def __init__(self, spare_cores: int = 2) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.spare_cores = spare_cores
-        self.idle = idle
 
     def submit_frames(self, shape: tuple[int, ...], fill: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """`fill(frames)` writes uint8 frames of `shape` into shared memory now, in this thread; then
@@ -178,7 +177,7 @@ class Encoder:
             with self._lock:
                 if self._pool is None:
                     self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_stand_aside,
-                                                     initargs=(self.spare_cores, self.idle))
+                                                     initargs=(self.spare_cores,))
                 future = self._pool.submit(_on_shared_frames, shm.name, shape, fn, *args, **kwargs)
         except BaseException:
             release()
@@ -199,12 +198,9 @@ class Encoder:
                 self._pool = None
 
 
-def _stand_aside(spare_cores: int, idle: bool) -> None:
-    """In the encoder's child: a lower priority (SCHED_IDLE with `idle`: it runs only where a core has nothing else;
-    the threads x264 starts later inherit it), and the first `spare_cores` cores left to the parent."""
-    if idle and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    elif hasattr(os, "nice"):
+def _stand_aside(spare_cores: int) -> None:
+    """In the encoder's child: a lower priority, and the first `spare_cores` cores left to the parent."""
+    if hasattr(os, "nice"):
         os.nice(10)
     if spare_cores and hasattr(os, "sched_setaffinity"):
         cores = sorted(os.sched_getaffinity(0))

@@ -68,8 +68,9 @@ def mark_ready(frames: Any) -> Any:
 
 
 def to_host(frames: Any, into: np.ndarray, ready: Any = None) -> None:
-    """Copy uint8 `frames` into the host array `into`. On a GPU the copy runs on a stream of its own once `ready`
-    has passed, so the copy engine moves the bytes while the next clip's kernels run on the default stream."""
+    """Copy uint8 `frames` into the host array `into`. On a GPU (`ready`: the event `mark_ready` recorded) the copy
+    runs on a stream of its own once that event has passed, so the copy engine moves the bytes while the next clip's
+    kernels run on the default stream."""
     import torch
 
     target = torch.from_numpy(into)
@@ -77,10 +78,7 @@ def to_host(frames: Any, into: np.ndarray, ready: Any = None) -> None:
         target.copy_(frames)
         return
     stream = torch.cuda.Stream(device=frames.device)
-    if ready is not None:
-        stream.wait_event(ready)
-    else:
-        stream.wait_stream(torch.cuda.current_stream(frames.device))
+    stream.wait_event(ready)
     with torch.cuda.stream(stream):
         target.copy_(frames)  # into pageable memory: returns once the bytes are there
 
@@ -106,7 +104,6 @@ class ClipBackend(BackendBase, LoadedModel):
         self.gpu = threading.Lock()  # one pipeline call at a time
         self.turns: ThreadPoolExecutor | None = None  # the one thread every pipeline call of the stage runs on
         self._turns_made = threading.Lock()
-        self.one_thread = True  # False: each call on its caller's thread (the way before; the bench compares both)
         self.encoder = Encoder()  # clips are encoded in a child process beside the next pipeline call
         self.timeline: list[tuple[float, float, float]] = []  # per clip: its turn on the GPU (start, end), then the copy's seconds
         self.copy_in_turn = False  # copy the frames to the host inside the turn (the way before; the bench compares both)
@@ -198,13 +195,10 @@ class ClipBackend(BackendBase, LoadedModel):
 
         # Every call runs on one thread, whichever worker asks: with the two workers' threads taking turns on the
         # pipeline, a short's 11 calls took 71.9 s against 64.5 s from one thread, side by side on an H100 (BENCHMARKS.md).
-        if self.one_thread:
-            with self._turns_made:
-                if self.turns is None:
-                    self.turns = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-gpu")
-            held, turned, pixels, ready, audio, rate, job, copy_s = self.turns.submit(turn).result()
-        else:
-            held, turned, pixels, ready, audio, rate, job, copy_s = turn()
+        with self._turns_made:  # made on first use: the backend is entered again after __exit__ shut it down
+            if self.turns is None:
+                self.turns = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-gpu")
+        held, turned, pixels, ready, audio, rate, job, copy_s = self.turns.submit(turn).result()
         # The turn ends once the frames' kernels are queued: the next clip's call starts while the bytes come to the
         # host (into memory the encoder's child reads) and are encoded.
         if job is None:
