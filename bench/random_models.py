@@ -304,6 +304,9 @@ def whisper_checkpoint(path: Path, size: str = "tiny") -> Path:
     torch.manual_seed(0)
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_vocab=51865, n_text_ctx=448, **WHISPER[size])
     model = whisper.model.Whisper(dims)
+    # openai-whisper leaves the decoder's positional embedding as torch.empty (a checkpoint always fills it):
+    # whatever memory it got, NaN at times, would otherwise be saved as a weight.
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.01)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
     return path

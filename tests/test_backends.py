@@ -38,19 +38,18 @@ def test_card_draws_at_requested_size_and_seed_changes_it(tmp_path: Path) -> Non
 
 
 def _pitch(samples: np.ndarray, rate: int) -> float:
-    """Median F0 over voiced frames (YIN: first dip of the cumulative-mean-normalised difference)."""
-    frame, estimates = int(0.05 * rate), []
-    lo, hi = rate // 400, rate // 50
-    for start in range(0, len(samples) - frame - hi, frame // 2):
-        x = samples[start:start + frame + hi]
-        if np.sqrt(np.mean(x[:frame] ** 2)) < 0.03:
-            continue
-        d = np.array([np.sum((x[:frame] - x[tau:tau + frame]) ** 2) for tau in range(hi)])
-        cmnd = d[1:] * np.arange(1, hi) / np.maximum(np.cumsum(d[1:]), 1e-12)
-        below = np.flatnonzero(cmnd[lo:] < 0.15)
-        if below.size:
-            estimates.append(rate / (lo + below[0] + 1))
-    return float(np.median(estimates))
+    """The voice's F0 (55-300 Hz) from the cepstrum averaged over its loud frames.
+
+    One estimate per take, not a median of per-frame guesses: a frame-by-frame YIN let a few frames of a
+    low voice (the pitched-down take has few clearly voiced ones) swing the median by a third between takes.
+    """
+    frame = int(0.064 * rate)
+    frames = np.stack([samples[s:s + frame] for s in range(0, len(samples) - frame, frame // 4)]) * np.hanning(frame)
+    loudness = np.sqrt(np.mean(frames ** 2, axis=1))
+    frames = frames[loudness > 0.25 * loudness.max()]
+    cepstrum = np.fft.irfft(np.log(np.abs(np.fft.rfft(frames, axis=1)) + 1e-6), axis=1).mean(axis=0)
+    lo, hi = rate // 300, rate // 55
+    return rate / (lo + int(np.argmax(cepstrum[lo:hi])))
 
 
 def test_piper_voices_differ_by_cast_member(tmp_path: Path) -> None:
@@ -65,7 +64,9 @@ def test_piper_voices_differ_by_cast_member(tmp_path: Path) -> None:
             assert 1.0 < wav_duration(out) < 6.0
             pitches[name] = _pitch(decode_audio(out, 16000), 16000)
     assert tts.loads == 1  # one voice model load for both lines
-    assert pitches["high"] / pitches["low"] > 1.2  # 8 semitones apart nominally; takes vary
+    # 8 semitones apart: 2 ** (8 / 12) = 1.587. Over 30 pairs of takes this gave 1.41-1.64 (the raised take's
+    # intonation varies most); the same voice unshifted gives 1.0.
+    assert 1.3 < pitches["high"] / pitches["low"] < 1.9
 
 
 def test_missing_piper_voice_names_the_fix() -> None:

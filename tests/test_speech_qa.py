@@ -100,6 +100,22 @@ def test_whisper_checkpoint_loads_through_load_model_and_a_failing_line_keeps_it
     assert all(a["inputs"]["qa"]["model"] == str(checkpoint) for a in speech.values())
 
 
+def test_a_whisper_checkpoint_with_nan_weights_is_refused_naming_the_file_and_tensor(tmp_path: Path) -> None:
+    pytest.importorskip("whisper")
+    import tiny_models
+    import torch
+
+    from storyboard.backends.recognisers import WhisperQA
+
+    checkpoint = tiny_models.whisper_checkpoint(tmp_path / "tiny-random.pt")
+    saved = torch.load(checkpoint)
+    saved["model_state_dict"]["decoder.positional_embedding"][3, 5] = float("nan")
+    torch.save(saved, checkpoint)
+    with pytest.raises(PreflightError, match=f"{checkpoint} has NaN or infinite weights in decoder.positional_embedding"):
+        with WhisperQA({"model": str(checkpoint), "device": "cpu"}):
+            pass
+
+
 def test_a_named_whisper_model_not_on_disk_is_an_error_with_the_fetch_command(tmp_path: Path) -> None:
     pytest.importorskip("whisper")
     from storyboard.backends.recognisers import WhisperQA

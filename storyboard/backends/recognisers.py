@@ -67,7 +67,14 @@ class WhisperQA(BackendBase, LoadedModel):
                 import whisper
 
                 device = str(self.settings.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
-                self.model = whisper.load_model(str(self.checkpoint()), device=device)
+                checkpoint = self.checkpoint()
+                model = whisper.load_model(str(checkpoint), device=device)
+                broken = [name for name, weight in model.state_dict().items()
+                          if weight.is_floating_point() and not bool(torch.isfinite(weight).all())]
+                if broken:  # NaN logits never reach the end token: every take would decode to its length limit
+                    raise PreflightError(f"qa: whisper checkpoint {checkpoint} has NaN or infinite weights in "
+                                         f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; fetch it again")
+                self.model = model
 
         self.timed_load(load)
         return self
