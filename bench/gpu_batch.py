@@ -32,11 +32,74 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyboard.pipeline as pipeline  # noqa: E402
 from bench.random_models import flux, report  # noqa: E402
 from storyboard.batch import run_batch  # noqa: E402
-from storyboard.distribute import Workers, make_workers  # noqa: E402
+from storyboard.distribute import GPUProcesses, StageWorker, Workers, _Child  # noqa: E402
 from storyboard.preflight import check_backends  # noqa: E402
 from storyboard.profiles import resolve_config  # noqa: E402
 
 IDEAS = ["A cat who wants to be a judge", "A robot learns to bake bread", "Two pigeons run a bank", "A ghost afraid of the dark"]
+
+
+class BenchWorker(StageWorker):
+    """The product's worker process, plus a switch for how it loads (between timed sets, never during one)."""
+
+    def set_loading(self, lanes: int, parallel: bool) -> None:
+        """Copy lanes of the pinned stager (made here, untimed, as a process's first load makes it) and diffusers'
+        parallel shard loading (HF_ENABLE_PARALLEL_LOADING)."""
+        set_loading(lanes, parallel, str(self.config["device"]))
+
+
+def set_loading(lanes: int, parallel: bool, device: str) -> None:
+    import diffusers.models.modeling_utils as modeling_utils
+    import torch
+
+    from storyboard.backends import hf_common
+
+    modeling_utils.HF_ENABLE_PARALLEL_LOADING = parallel
+    hf_common.COPY_LANES = lanes
+    hf_common._STAGERS.clear()  # noqa: SLF001
+    if not device.startswith("cuda"):
+        return
+    with torch.cuda.device(torch.device(device)):
+        hf_common._STAGERS[torch.cuda.current_device()] = hf_common._Stager(64 * 2**20, lanes)  # noqa: SLF001
+
+
+TIMELINE: list[dict[str, Any]] = []  # this batch's calls to worker processes, as this process saw them
+
+
+def record_calls() -> None:
+    """Every call to a worker process (a beat, a plan, a release) with its start and end on this process's clock."""
+    real = _Child.send
+
+    def send(self, method, *args):  # noqa: ANN001, ANN002, ANN202
+        row = {"device": self.device, "method": method, "start": time.monotonic()}
+        future = real(self, method, *args)
+
+        def ended(done) -> None:  # noqa: ANN001
+            row["end"] = time.monotonic()
+            value = None if done.exception() else done.result()
+            if method in ("make", "plan") and isinstance(value, tuple) and isinstance(value[-1], dict):
+                row["load_s"] = round(value[-1].get("load_s", 0.0), 3)
+            TIMELINE.append(row)
+
+        future.add_done_callback(ended)
+        return future
+
+    _Child.send = send
+
+
+def timeline(t0: float) -> dict[str, Any]:
+    """The batch's phases from its calls: when the beats started and ended on each GPU, and the release after."""
+    rows = [{**r, "start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)} for r in TIMELINE]
+    TIMELINE.clear()
+    out: dict[str, Any] = {}
+    for device in sorted({r["device"] for r in rows}):
+        beats = [r for r in rows if r["device"] == device and r["method"] == "make"]
+        if beats:
+            out[device] = {"first_beat_start": min(r["start"] for r in beats), "first_beat_end": min(r["end"] for r in beats),
+                           "last_beat_end": max(r["end"] for r in beats), "load_wait_s": max(r.get("load_s", 0) for r in beats),
+                           "releases": [(r["start"], r["end"]) for r in rows if r["device"] == device and r["method"] == "release"]}
+    out["calls"] = rows
+    return out
 
 
 def backends_only(ctx) -> None:  # noqa: ANN001 - the preflight hook's signature
@@ -65,15 +128,21 @@ def load_profile(model: Path, devices: int) -> dict[str, float]:
         print(f"load profile: {name} {out[name]} s", flush=True)
         return value
 
-    cpu = timed("from_pretrained_cpu", lambda: DiffusionPipeline.from_pretrained(model, dtype=torch.bfloat16))
-    timed("to_device", lambda: hf_common.to_device(cpu, "cuda:0"))
-    cpu = None
-    hf_common.free_memory()
-    modeling_utils.HF_ENABLE_PARALLEL_LOADING = True
-    try:
-        timed("from_pretrained_cpu_parallel", lambda: DiffusionPipeline.from_pretrained(model, dtype=torch.bfloat16))
-    finally:
-        modeling_utils.HF_ENABLE_PARALLEL_LOADING = False
+    for rep in range(2):  # side by side: the checkpoint read without and with parallel shards; the move by lanes
+        for parallel in (False, True) if rep == 0 else (True, False):
+            modeling_utils.HF_ENABLE_PARALLEL_LOADING = parallel
+            try:
+                timed(f"from_pretrained_cpu_{'parallel' if parallel else 'serial'}_{rep}",
+                      lambda: DiffusionPipeline.from_pretrained(model, dtype=torch.bfloat16))
+            finally:
+                modeling_utils.HF_ENABLE_PARALLEL_LOADING = False
+        for count in (1, 2, 4, 8) if rep == 0 else (8, 4, 2, 1):
+            set_loading(count, False, "cuda:0")
+            cpu = DiffusionPipeline.from_pretrained(model, dtype=torch.bfloat16)
+            timed(f"to_device_lanes{count}_{rep}", lambda cpu=cpu: hf_common.to_device(cpu, "cuda:0"))
+            cpu = None
+            hf_common.free_memory()
+    set_loading(hf_common.COPY_LANES, False, "cuda:0")
     settings = {"device": "cuda:0"}
     pipe = timed("load_pipeline", lambda: hf_common.load_pipeline(settings, str(model), "image", torch.bfloat16, "cuda:0", siblings=True))
     if devices > 1:
@@ -158,22 +227,36 @@ def main() -> None:
     ideas = args.out / "ideas.txt"
     ideas.write_text("\n".join(IDEAS) + "\n")
     pipeline.preflight = backends_only  # type: ignore[assignment]
-    sets = [("process" if entry.startswith("p") else "thread", entry.lstrip("pt")) for entry in args.gpu_sets.split(";")]
+    from diffusers.utils import constants
+
+    from storyboard.backends import hf_common
+
+    default_loading = (hf_common.COPY_LANES, bool(constants.HF_ENABLE_PARALLEL_LOADING))  # the product's, as imported
+
+    def parse(entry: str) -> tuple[str, str, tuple[int, bool]]:
+        """`p0,1@4y`: worker processes on GPUs 0 and 1, 4 copy lanes, parallel shard loading on (`n` off)."""
+        gpus, _, loading = entry.partition("@")
+        how = (int(loading[:-1]), loading[-1] == "y") if loading else default_loading
+        return ("process" if gpus.startswith("p") else "thread", gpus.lstrip("pt"), how)
+
+    sets = [parse(entry) for entry in args.gpu_sets.split(";")]
+    record_calls()
     results: dict[str, Any] = {"gpus_on_host": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                                "quality": args.quality, "runs": [], "worker_start_s": {}}
     kept: dict[str, Workers] = {}  # worker processes per GPU set, started once
-    for gpus in sorted({g for mode, g in sets if mode == "process"}):
+    for gpus in sorted({g for mode, g, _ in sets if mode == "process"}):
         started = time.perf_counter()
-        kept[gpus] = make_workers(resolve_config(str(profiles["process"])), None, gpus)  # type: ignore[assignment]
+        kept[gpus] = GPUProcesses(resolve_config(str(profiles["process"])), [f"cuda:{g}" if g.isdigit() else g for g in gpus.split(",")],
+                                  worker=BenchWorker)
         kept[gpus].release()  # waits for every process to be up and answering (imports done)
         results["worker_start_s"][gpus] = round(time.perf_counter() - started, 2)
     try:
         if args.warmup:  # CUDA start and first kernel loads on every GPU and worker process, untimed
             first = args.out / "warmup.txt"
             first.write_text(IDEAS[0] + "\n")
-            everyone = ",".join(sorted({g for _, gpus in sets for g in gpus.split(",")}))
+            everyone = ",".join(sorted({g for _, gpus, _ in sets for g in gpus.split(",")}))
             shutil.rmtree(args.out / "runs-warmup", ignore_errors=True)
-            if any(mode == "thread" for mode, _ in sets):
+            if any(mode == "thread" for mode, _, _ in sets):
                 run_batch(first, args.out / "runs-warmup", profile=str(profiles["thread"]), gpus=everyone, stages=("visual",))
             for gpus, workers in kept.items():
                 started = time.perf_counter()
@@ -184,25 +267,33 @@ def main() -> None:
         if args.load_profile and torch.cuda.is_available():
             results["load_profile"] = load_profile(model, torch.cuda.device_count())
         time_pipeline_calls()
-        for number, (mode, gpus) in enumerate(sets):
+        for number, (mode, gpus, loading) in enumerate(sets):
             call_means()  # drop the warm-up's calls
             out = args.out / f"runs-{number}-{mode}-{gpus.replace(',', '_')}"
             shutil.rmtree(out, ignore_errors=True)
             workers = kept.get(gpus) if mode == "process" else None
+            if workers is not None:
+                for child in workers._children:  # noqa: SLF001
+                    child.call("set_loading", *loading)
+            else:
+                set_loading(*loading, "cuda:0" if torch.cuda.is_available() else "cpu")
+            TIMELINE.clear()
             before = {"loads": workers.loads(), "workers": workers.figures()} if workers is not None else {"loads": {}, "workers": {}}
-            started = time.perf_counter()
+            started, started_mono = time.perf_counter(), time.monotonic()
             summary = run_batch(ideas, out, profile=str(profiles[mode]), gpus=gpus, stages=("visual",), workers=workers)
             seconds = time.perf_counter() - started
             images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
-            row = {"mode": mode, "gpus": gpus, "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
+            row = {"mode": mode, "gpus": gpus, "copy_lanes": loading[0], "parallel_shards": loading[1], "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
                    "images": images, "images_per_s": round(images / seconds, 4), "loads": delta(summary["loads"], before["loads"]),
                    "workers": delta(summary.get("workers", {}), before["workers"]),
                    "plan_s": max(r["stages"].get("plan", 0) for r in summary["runs"]),  # side by side on worker processes
                    "visual_s": max(r["stages"].get("visual", 0) for r in summary["runs"]),  # the runs' stages run side by side
                    "images_per_visual_s": round(images / max(r["stages"].get("visual", 0) for r in summary["runs"]), 4),
-                   "pipeline_call_s": call_means()}  # this process's calls only: empty for worker processes
+                   "pipeline_call_s": call_means(),  # this process's calls only: empty for worker processes
+                   "timeline": timeline(started_mono)}
             results["runs"].append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)
+            print(json.dumps({k: v for k, v in row["timeline"].items() if k != "calls"}), flush=True)
     finally:
         for workers in kept.values():
             workers.close()

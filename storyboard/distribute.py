@@ -203,9 +203,9 @@ class GPUProcesses(_Devices):
         return self._children[index].device, tuple(answer)
 
     def release(self, capabilities: tuple[str, ...] | None = None) -> None:
-        for child in self._children:
-            if child.alive:
-                child.call("release", capabilities)
+        """Every process frees its models at once (a pipeline's free takes a moment on each GPU), then waits."""
+        for future in [child.send("release", capabilities) for child in self._children if child.alive]:
+            future.result()
 
     def load_ahead(self, stage: str) -> None:
         for child in self._children:

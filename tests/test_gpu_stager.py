@@ -56,3 +56,20 @@ def test_to_device_on_a_thread_beside_gpu_work_gives_both_right_answers() -> Non
     assert not errors
     assert all(torch.allclose(g, want) for g in got)
     assert torch.equal(model.weight.cpu(), expect)
+
+
+def test_to_device_in_several_lanes_moves_every_weight_once_and_right() -> None:
+    from storyboard.backends import hf_common
+
+    hf_common._STAGERS.clear()
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(*[torch.nn.Linear(64 + i, 64 + i + 1) for i in range(9)], torch.nn.Embedding(300, 73))
+    model[-1].weight = torch.nn.Parameter(torch.randn(300, 73))
+    model.register_buffer("steps", torch.arange(11, dtype=torch.int32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stager = hf_common._Stager(4096, lanes=3)  # small slots: every lane copies several slots per weight
+    hf_common._STAGERS[torch.cuda.current_device()] = stager
+    hf_common.to_device(model, "cuda")
+    for key, value in model.state_dict().items():
+        assert value.device.type == "cuda", key
+        assert torch.equal(value.cpu(), before[key]), key

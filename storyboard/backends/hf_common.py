@@ -274,12 +274,8 @@ def clone_pipeline(pipe: Any, device: str, settings: dict[str, Any], dtype: Any)
     return twin
 
 
-class _Stager:
-    """Two pinned host buffers reused for every weight copy to a GPU. A copy from ordinary (pageable) host memory
-    runs at ~6.5 GiB/s and holds up every kernel queued by other threads until it is done, whatever the stream; a
-    copy from pinned memory runs at ~50 GiB/s beside them (bench/overlap_copy.py, H100). Pinning the weights
-    themselves costs ~1 s per GiB, so they pass through these buffers instead: a CPU copy into one buffer while
-    the other's copy to the GPU runs on a side stream."""
+class _Lane:
+    """Two pinned host buffers and a stream: a CPU copy into one buffer while the other's copy to the GPU runs."""
 
     def __init__(self, slot_bytes: int) -> None:
         import torch
@@ -287,26 +283,63 @@ class _Stager:
         self.slot_bytes = slot_bytes
         self.slots = [torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         self.done = [torch.cuda.Event(), torch.cuda.Event()]
+        self.stream = torch.cuda.Stream()
         self.turn = 0
-        self.lock = threading.Lock()  # one move at a time per process: they share the buffers (and the bus)
 
-    def copy(self, source: Any, target: Any, stream: Any) -> None:
+    def copy(self, source: Any, target: Any) -> None:
         """Bytes of CPU tensor `source` into GPU tensor `target` (same shape and dtype), `slot_bytes` at a time."""
-        src = source.contiguous().reshape(-1).view(_torch().uint8)
-        dst = target.reshape(-1).view(_torch().uint8)
+        torch = _torch()
+        src = source.contiguous().reshape(-1).view(torch.uint8)
+        dst = target.reshape(-1).view(torch.uint8)
         for start in range(0, src.numel(), self.slot_bytes):
             n = min(self.slot_bytes, src.numel() - start)
             slot, event = self.slots[self.turn], self.done[self.turn]
             event.synchronize()  # this buffer's previous copy to the GPU has finished
             slot[:n].copy_(src[start : start + n])
-            with _torch().cuda.stream(stream):
+            with torch.cuda.stream(self.stream):
                 dst[start : start + n].copy_(slot[:n], non_blocking=True)
-                event.record(stream)
+                event.record(self.stream)
             self.turn ^= 1
+
+
+class _Stager:
+    """Pinned host buffers reused for every weight copy to one GPU, in `lanes` that copy side by side. A copy from
+    ordinary (pageable) host memory runs at ~6.5 GiB/s and holds up every kernel queued by other threads until it
+    is done, whatever the stream; a copy from pinned memory runs at ~50 GiB/s beside them (bench/overlap_copy.py,
+    H100). Pinning the weights themselves costs ~1 s per GiB, so they pass through these buffers instead. One lane
+    is bound by its CPU copy out of the checkpoint's pages; several lanes read different weights at once."""
+
+    def __init__(self, slot_bytes: int, lanes: int = 1) -> None:
+        self.lanes = [_Lane(slot_bytes) for _ in range(max(1, lanes))]
+        self.lock = threading.Lock()  # one move at a time per GPU: they share the buffers (and the bus)
+
+    def copy_all(self, pairs: list[tuple[Any, Any, int]]) -> None:
+        """Every (CPU source, GPU target, lane) copied, each lane on a thread of its own; waits for the GPU copies."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        torch = _torch()
+        device = torch.cuda.current_device()
+
+        def run(lane: _Lane) -> None:
+            with torch.cuda.device(device):
+                for source, target, index in pairs:
+                    if self.lanes[index] is lane:
+                        lane.copy(source, target)
+                lane.stream.synchronize()
+
+        busy = sorted({index for _, _, index in pairs})
+        if len(busy) <= 1:
+            for index in busy:
+                run(self.lanes[index])
+            return
+        with ThreadPoolExecutor(len(busy), thread_name_prefix="storyboard-stage") as threads:
+            for future in [threads.submit(run, self.lanes[index]) for index in busy]:
+                future.result()  # the first lane's error, once every lane has stopped touching the buffers
 
 
 _STAGERS: dict[int, _Stager] = {}  # per GPU: a buffer's event belongs to the device it was first recorded on
 _STAGERS_LOCK = threading.Lock()
+COPY_LANES = 1  # lanes per GPU's stager (see _Stager)
 
 
 def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
@@ -325,12 +358,13 @@ def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
     with _STAGERS_LOCK:
         if index not in _STAGERS:
             with torch.cuda.device(dev):
-                _STAGERS[index] = _Stager(slot_mib * 2**20)
+                _STAGERS[index] = _Stager(slot_mib * 2**20, COPY_LANES)
         stager = _STAGERS[index]
     with stager.lock, torch.cuda.device(dev):
-        stream = torch.cuda.Stream(dev)
         consumer = torch.cuda.default_stream(dev)
+        loads = [0] * len(stager.lanes)  # bytes given to each lane: each new weight goes to the lightest
         moved: dict[int, Any] = {}
+        pairs: list[tuple[Any, Any, int]] = []
         for module in modules:
             for owner in module.modules():
                 for table in (owner._parameters, owner._buffers):
@@ -339,16 +373,18 @@ def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
                             continue
                         key = id(tensor)
                         if key not in moved:  # tied weights move once and stay tied
-                            with torch.cuda.stream(stream):  # from the side stream's own memory: no block another
-                                gpu = torch.empty(tensor.shape, dtype=tensor.dtype, device=dev)  # thread's kernels still read
+                            lane = loads.index(min(loads))
+                            loads[lane] += tensor.numel() * tensor.element_size()
+                            with torch.cuda.stream(stager.lanes[lane].stream):  # from the lane stream's own memory: no
+                                gpu = torch.empty(tensor.shape, dtype=tensor.dtype, device=dev)  # block another thread's kernels still read
                             gpu.record_stream(consumer)  # used on the default stream: freed only after its work there
-                            stager.copy(tensor.data, gpu, stream)
+                            pairs.append((tensor.data, gpu, lane))
                             moved[key] = gpu
                         if isinstance(tensor, torch.nn.Parameter):
                             tensor.data = moved[key]
                         else:
                             table[name] = moved[key]
-        stream.synchronize()
+        stager.copy_all(pairs)
     return target.to(device)
 
 
