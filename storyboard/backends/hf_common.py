@@ -339,7 +339,9 @@ class _Stager:
 
 _STAGERS: dict[int, _Stager] = {}  # per GPU: a buffer's event belongs to the device it was first recorded on
 _STAGERS_LOCK = threading.Lock()
-COPY_LANES = 1  # lanes per GPU's stager (see _Stager)
+# Lanes per GPU's stager. 31.1 GiB of Flux weights to an H100 (bench/gpu_batch.py --load-profile): 1 lane 1.51-1.78 s,
+# 2 lanes 1.26-1.29 s, 4 lanes 1.21-1.32 s, 8 lanes 1.46-1.55 s; two hold the fewest pinned buffers for that speed.
+COPY_LANES = 2
 
 
 def to_device(target: Any, device: str, slot_mib: int = 64) -> Any:
