@@ -189,3 +189,25 @@ class StuckWorker:
                 time.sleep(60)
 
         return Stuck(config)
+
+
+class MeetingWorker:
+    """A worker process's worker whose `release` returns only once every process of the set is in its own `release`
+    (each leaves a file named after its process id in `meeting_dir`, a setting), or raises after 20 s: passes only if the
+    parent asks all of them at once."""
+
+    def __new__(cls, config: dict[str, Any]) -> Any:
+        from storyboard.distribute import StageWorker
+
+        class Meeting(StageWorker):
+            def release(self, capabilities: tuple[str, ...] | None = None) -> None:
+                room = Path(self.config["meeting_dir"])
+                (room / str(os.getpid())).touch()
+                deadline = time.monotonic() + 20
+                while len(list(room.iterdir())) < int(self.config["meeting_size"]):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("released alone: the other processes were not asked meanwhile")
+                    time.sleep(0.05)
+                super().release(capabilities)
+
+        return Meeting(config)

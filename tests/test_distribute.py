@@ -180,6 +180,20 @@ def test_closing_worker_processes_now_fails_their_beats_at_once(tmp_path: Path) 
     assert not workers._children[0].process.is_alive()
 
 
+def test_worker_processes_free_their_models_at_once(tmp_path: Path) -> None:
+    from helpers import MeetingWorker
+
+    room = tmp_path / "room"
+    room.mkdir()
+    config = {**resolve_config("offline"), "meeting_dir": str(room), "meeting_size": 2}
+    workers = GPUProcesses(config, ["cpu", "cpu"], worker=MeetingWorker)  # type: ignore[arg-type]
+    try:
+        workers.release()  # each process's release waits until the other's has begun: one after the other never meets
+        assert len(list(room.iterdir())) == 2
+    finally:
+        workers.close(now=True)
+
+
 def test_every_worker_process_gone_is_a_clear_stage_error(tmp_path: Path) -> None:
     config = resolve_config("offline")
     root = create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / "runs")
