@@ -24,6 +24,7 @@ attention/MLP, so the checkpoint fits the box's disk; prompts are encoded before
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -122,8 +123,30 @@ class Capture:
         return time.perf_counter() - started
 
 
+def timed_animate(backend: Any, request: Any, out: Path) -> float:
+    sync()
+    started = time.perf_counter()
+    backend.animate(request, out)
+    sync()
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def rgb_frames() -> Any:
+    """The backend as it was before frames were converted to YUV 4:2:0 on the GPU: RGB bytes to the host, converted
+    by the encoder."""
+    import storyboard.backends.diffusers_video as video
+
+    planar = video.yuv420
+    video.yuv420 = video.quantise
+    try:
+        yield
+    finally:
+        video.yuv420 = planar
+
+
 def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: list[tuple], repeats: int, device: str,
-            stage_clips: int, stage_order: list[str], on_row: Any = None) -> dict[str, Any]:
+            stage_clips: int, stage_order: list[str], on_row: Any = None, rgb_too: bool = False) -> dict[str, Any]:
     capture = Capture()
     settings = {"backend": "ltx2", "model": str(model), "device": device, **options,
                 "presets": {"distilled": {}, "full": {}}}
@@ -157,17 +180,19 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
             if not repeats:
                 continue
             reset_peak()
-            through, bare = [], []
+            through, bare, through_rgb = [], [], []
             for _ in range(1 if quality == "full" else repeats):  # 30 guided steps: one is enough
-                sync()
-                started = time.perf_counter()
-                backend.animate(request, out / f"{case}.mp4")
-                sync()
-                through.append(time.perf_counter() - started)
+                through.append(timed_animate(backend, request, out / f"{case}.mp4"))
                 bare.append(capture.bare(request.seed))
+                if rgb_too:
+                    with rgb_frames():
+                        through_rgb.append(timed_animate(backend, request, out / f"{case}.mp4"))
             row = {"case": case, "frames": capture.last[2]["num_frames"], "size": [capture.last[2]["width"], capture.last[2]["height"]],
                    "backend_s": round(statistics.median(through), 3), "bare_s": round(statistics.median(bare), 3),
                    "overhead": round(statistics.median(through) / statistics.median(bare) - 1, 4), "peak_gib": peak_gib()}
+            if through_rgb:  # the frames sent to the encoder as RGB, converted there (the backend before 2026-11-23, session 21)
+                row["backend_rgb_s"] = round(statistics.median(through_rgb), 3)
+                row["overhead_rgb"] = round(statistics.median(through_rgb) / statistics.median(bare) - 1, 4)
             results["cases"].append(row)
             print(json.dumps(row), flush=True)
         if not stage_clips:
@@ -195,14 +220,15 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
 
 
 # Stage modes: how the clips' frames reach the encoder. "beside" is the product's way (the copy to the host after the
-# turn, beside the next clip's call; the encoder's child off two cores at nice 10); "in-turn" copies inside the turn;
+# turn, beside the next clip's call, as planar YUV 4:2:0; the encoder's child off two cores at nice 10); "beside-rgb"
+# sends RGB frames that the encoder converts (the way before 2026-11-23, session 21); "in-turn" copies inside the turn;
 # "before" also lets the encoder's child on every core (the backend before 2026-11-23); "x4"/"x2" give x264 that many
 # threads; "no-encode" copies the frames but the child only reads them; "no-copy" neither copies nor encodes (the turns
 # alone, with two workers), "-1" with one worker. (The "idle" and "callers" modes in BENCHMARKS.md ran at 6a3ab1c: a
 # SCHED_IDLE encoder and each call on its caller's thread; both options left the backend afterwards.) "bare"/"bare-thread": the stage's
 # pipeline calls made directly, from the main thread or from one worker thread.
-BESIDE = {"copy_in_turn": False, "spare": 2, "threads": 0, "encode": "x264", "workers": 2}
-MODES = {"beside": BESIDE, "in-turn": {**BESIDE, "copy_in_turn": True}, "before": {**BESIDE, "copy_in_turn": True, "spare": 0},
+BESIDE = {"copy_in_turn": False, "spare": 2, "threads": 0, "encode": "x264", "workers": 2, "rgb": False}
+MODES = {"beside": BESIDE, "beside-rgb": {**BESIDE, "rgb": True}, "in-turn": {**BESIDE, "copy_in_turn": True}, "before": {**BESIDE, "copy_in_turn": True, "spare": 0},
          "x4": {**BESIDE, "threads": 4}, "x2": {**BESIDE, "threads": 2},
          "no-encode": {**BESIDE, "encode": "read"}, "no-copy": {**BESIDE, "encode": "none"},
          "no-copy-1": {**BESIDE, "encode": "none", "workers": 1}}
@@ -244,7 +270,7 @@ def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode:
     sync()
     started = time.perf_counter()
     try:
-        with ThreadPoolExecutor(how["workers"]) as pool:
+        with ThreadPoolExecutor(how["workers"]) as pool, rgb_frames() if how["rgb"] else contextlib.nullcontext():
             list(pool.map(lambda r: backend.animate(r, out / f"stage_{r.number}.mp4"), batch))
         sync()
         seconds = time.perf_counter() - started
@@ -325,6 +351,7 @@ def main() -> None:
     parser.add_argument("--stage-variants", default="", help="variants that get the throughput run (default: all)")
     parser.add_argument("--stage-order", default="bare,beside,before,in-turn,bare,beside",
                         help=f"stage runs in this order: {', '.join([*MODES, 'bare', 'bare-thread'])}")
+    parser.add_argument("--rgb-too", action="store_true", help="per case, also time the backend sending RGB frames to the encoder")
     parser.add_argument("--text-encoder", action="store_true", help="only the Gemma-3-12B text encoder, bf16 against nf4")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -352,7 +379,7 @@ def main() -> None:
     for name in args.variants.split(","):
         results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device,
                                               args.stage_clips if not args.stage_variants or name in args.stage_variants.split(",") else 0,
-                                              args.stage_order.split(","), keep))
+                                              args.stage_order.split(","), keep, args.rgb_too))
     report(results, args.json)
 
 

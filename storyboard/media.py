@@ -224,7 +224,9 @@ def _on_shared_frames(name: str, shape: tuple[int, ...], fn: Any, *args: Any, **
 
 def write_clip(frames: np.ndarray, out: Path, fps: int, size: tuple[int, int], audio: np.ndarray | None, audio_rate: int,
                duration: float, *, crf: int = 20, preset: str = "veryfast", threads: int = 0, out_rate: int = 48000) -> None:
-    """H.264 + AAC clip from uint8 frames (n, h, w, 3) scaled to `size`, exactly `duration` long.
+    """H.264 + AAC clip from uint8 frames scaled to `size`, exactly `duration` long. Frames are RGB (n, h, w, 3), or
+    already the encoder's planar YUV 4:2:0 at `size` (n, height * 3 // 2, width: the Y plane, then U and V; see
+    `diffusers_video.yuv420`), which skips the per-frame colour conversion on the CPU.
 
     Frames past the duration are dropped, the last one is held if there are too few; the audio
     (channels, samples) is resampled to `out_rate`, padded with silence or cut to the duration;
@@ -234,14 +236,21 @@ def write_clip(frames: np.ndarray, out: Path, fps: int, size: tuple[int, int], a
 
     count = max(1, math.ceil(round(duration * fps, 6)))
     width, height = size
+    planar = frames.ndim == 3
+    if planar and frames.shape[1:] != (height * 3 // 2, width):
+        raise ValueError(f"YUV 4:2:0 frames of {frames.shape[2]}x{frames.shape[1]} do not hold a {width}x{height} picture")
     with av.open(str(out), "w", format="mp4") as container:
         video = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset, **({"threads": str(threads)} if threads else {})})
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = container.add_stream("aac", rate=out_rate, layout="stereo")
         sound.bit_rate = 160_000
         for index in range(count):
-            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[min(index, len(frames) - 1)]), format="rgb24")
-            picture = picture.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
+            frame = np.ascontiguousarray(frames[min(index, len(frames) - 1)])
+            if planar:
+                picture = av.VideoFrame.from_ndarray(frame, format="yuv420p")
+            else:
+                picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                picture = picture.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
             picture.pts = index
             container.mux(video.encode(picture))
         container.mux(video.encode(None))

@@ -450,6 +450,42 @@ def test_quantise_scales_and_rounds_where_the_frames_are() -> None:
     assert host.any() and np.abs(host[:, ::2, ::2].astype(int) - expected.numpy()).mean() < 40  # the same picture, twice the size
 
 
+def test_yuv420_frames_match_the_encoders_own_conversion_and_encode_to_the_same_picture(tmp_path: Path) -> None:
+    """Frames converted to planar YUV 4:2:0 where they are (the GPU) give libswscale's BT.601 limited-range luma to
+    within rounding and its chroma to within a level on smooth pictures; a clip written from them decodes to the
+    picture the RGB path gives; a plane layout that does not fit the size, and odd sizes, are refused."""
+    import av
+    import torch
+
+    from storyboard.backends.diffusers_video import quantise, yuv420
+    from storyboard.media import write_clip
+
+    torch.manual_seed(3)
+    video = torch.nn.functional.interpolate(torch.rand(6, 3, 6, 4), size=(48, 32), mode="bilinear")  # smooth colour fields
+    video[1] = 1.0  # white: luma 235, chroma 128 in limited range
+    planar, rgb = yuv420(video, (32, 48), chunk=4).numpy(), quantise(video, (32, 48)).numpy()
+    assert planar.shape == (6, 72, 32) and planar.dtype == np.uint8
+    assert (planar[1, :48] == 235).all() and (planar[1, 48:] == 128).all()
+    for ours, picture in zip(planar, rgb, strict=True):
+        theirs = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p").to_ndarray().astype(int)
+        assert np.abs(ours[:48] - theirs[:48]).max() <= 1  # Y
+        assert np.abs(ours[48:] - theirs[48:]).mean() < 1.0  # U, V: a 2x2 mean against swscale's filter
+    scaled = yuv420(video, (64, 96))  # scaled on the way, like quantise
+    assert scaled.shape == (6, 144, 64)
+    write_clip(rgb, tmp_path / "rgb.mp4", 24, (32, 48), None, 48000, 0.25, crf=0)
+    write_clip(planar, tmp_path / "yuv.mp4", 24, (32, 48), None, 48000, 0.25, crf=0)
+
+    def decoded(path: Path) -> np.ndarray:
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
+
+    assert np.abs(decoded(tmp_path / "yuv.mp4") - decoded(tmp_path / "rgb.mp4")).mean() < 1.5
+    with pytest.raises(ValueError, match="do not hold a 48x32 picture"):
+        write_clip(planar, tmp_path / "bad.mp4", 24, (48, 32), None, 48000, 0.25)
+    with pytest.raises(ValueError, match="even width and height"):
+        yuv420(video, (31, 48))
+
+
 def _child_cores(frames: np.ndarray) -> list[int]:
     import os
 
