@@ -132,14 +132,24 @@ def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
 
 
 def last_frame(path: Path):  # type: ignore[no-untyped-def]
-    """The last video frame of a clip as an RGB PIL image."""
+    """The last video frame of a clip as an RGB PIL image. Decoding starts at the clip's last keyframe (`write_clip`
+    makes the last frame one, so an sfx beat reads one frame, not the whole clip before it); a clip that cannot seek
+    is decoded from its start."""
     import av
 
     frame = None
     with av.open(str(path)) as container:
-        container.streams.video[0].thread_type = "AUTO"  # frame threads: the whole clip is decoded to reach its end
-        for frame in container.decode(video=0):  # noqa: B007 - keep the last one
-            pass
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threads, for a clip whose last keyframe is far from its end
+        for start in ("last keyframe", "start"):
+            try:
+                container.seek(stream.duration or 2**62 if start == "last keyframe" else 0, stream=stream, backward=True)
+            except av.error.FFmpegError:
+                continue
+            for frame in container.decode(stream):  # noqa: B007 - keep the last one
+                pass
+            if frame is not None:
+                break
     if frame is None:
         raise StageError(f"{path}: no video frames")
     return frame.to_image()
@@ -222,8 +232,11 @@ def _on_shared_frames(name: str, shape: tuple[int, ...], fn: Any, *args: Any, **
         shm.close()
 
 
+CLIP_AUDIO_RATE = 48000  # a clip's sound track
+
+
 def write_clip(frames: np.ndarray, out: Path, fps: int, size: tuple[int, int], audio: np.ndarray | None, audio_rate: int,
-               duration: float, *, crf: int = 20, preset: str = "veryfast", threads: int = 0, out_rate: int = 48000) -> None:
+               duration: float, *, crf: int = 20, preset: str = "veryfast", threads: int = 0, out_rate: int = CLIP_AUDIO_RATE) -> None:
     """H.264 + AAC clip from uint8 frames scaled to `size`, exactly `duration` long. Frames are RGB (n, h, w, 3), or
     already the encoder's planar YUV 4:2:0 at `size` (n, height * 3 // 2, width: the Y plane, then U and V; see
     `diffusers_video.yuv420`), which skips the per-frame colour conversion on the CPU.
@@ -252,6 +265,8 @@ def write_clip(frames: np.ndarray, out: Path, fps: int, size: tuple[int, int], a
                 picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
                 picture = picture.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
             picture.pts = index
+            if index == count - 1:  # a keyframe: the next beat's sfx clip starts from it (`last_frame` decodes only it)
+                picture.pict_type = av.video.frame.PictureType.I
             container.mux(video.encode(picture))
         container.mux(video.encode(None))
         samples = np.zeros((2, 0), dtype=np.float32) if audio is None else np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio

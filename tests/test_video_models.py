@@ -74,6 +74,18 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
     monkeypatch.setattr(LTX2VideoTransformer3DModel, "forward", forward)
     spy(LTX2ImageToVideoPipeline)
     spy(LTX2DFRPipeline)
+    import threading
+
+    import storyboard.backends.ltx2_video as ltx2_video
+
+    decoded_on: list[str] = []  # threads that decoded a speech take for an a2v clip
+    real_load_audio = ltx2_video.load_audio
+
+    def load_audio_spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        decoded_on.append(threading.current_thread().name)
+        return real_load_audio(*args, **kwargs)
+
+    monkeypatch.setattr(ltx2_video, "load_audio", load_audio_spy)
     config = resolve_config("offline", {"video": {"backend": "ltx2", "model": str(ltx), "device": "cpu", "max_sequence_length": 32,
                                                   "presets": {"distilled": {"long_side": 64}}, "overlap_speech": True}})
     root = create_run(IDEA, "drama10", config, tmp_path)
@@ -139,6 +151,9 @@ def test_ltx2_clips_audio_policy_and_frozen_speech_latents(ltx: Path, tmp_path: 
         for step in call["steps"]:
             assert torch.allclose(step["audio"].float(), expected.float(), atol=1e-5)
             assert torch.count_nonzero(step["audio_timestep"]) == 0
+    # The takes are decoded and turned into the VAE's input before each clip's turn on the model, not in it (the GPU
+    # would wait on that CPU work): never on the backend's GPU thread.
+    assert len(decoded_on) == 2 * renderers.count("a2v") and not [t for t in decoded_on if t.startswith("ltx2-gpu")], decoded_on
     # i2v and sfx steps denoise their own audio stream (nonzero timesteps).
     assert all(torch.count_nonzero(s["audio_timestep"]) > 0 for s in seen if s["pipe"] == "LTX2ImageToVideoPipeline")
 
@@ -346,6 +361,33 @@ def test_write_clip_holds_the_last_frame_and_cuts_extra_frames(tmp_path: Path) -
     assert info.frames == 48 and abs(info.audio_duration - 2.0) < 0.03
     sound = load_audio(tmp_path / "long.mp4", 16000)
     assert np.abs(sound[:, 16000:]).max() < 1e-3  # padded with silence after the 0.1 s of audio
+
+
+def test_a_clips_last_frame_is_a_keyframe_and_last_frame_reads_any_clip(tmp_path: Path) -> None:
+    """write_clip makes the last frame a keyframe, so the sfx beat after it decodes one frame; last_frame still finds
+    the true last frame of a clip whose only keyframe is its first."""
+    import av
+
+    from storyboard.media import write_clip
+
+    frames = np.repeat(np.linspace(0, 120, 30, dtype=np.uint8)[:, None, None, None], 64 * 32 * 3, axis=1).reshape(30, 64, 32, 3)
+    frames[-1] = 250
+    write_clip(frames, tmp_path / "ours.mp4", 24, (32, 64), None, 48000, 30 / 24, crf=16, preset="ultrafast")
+    with av.open(str(tmp_path / "ours.mp4")) as container:
+        keys = [packet.is_keyframe for packet in container.demux(video=0) if packet.size]
+    assert len(keys) == 30 and keys[0] and keys[-1] and not any(keys[1:-1])
+    assert np.asarray(last_frame(tmp_path / "ours.mp4")).mean() > 240
+    with av.open(str(tmp_path / "theirs.mp4"), "w", format="mp4") as container:  # one keyframe, at the start
+        stream = container.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 32, 64, "yuv420p"
+        for index, picture in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with av.open(str(tmp_path / "theirs.mp4")) as container:
+        assert sum(packet.is_keyframe for packet in container.demux(video=0) if packet.size) == 1
+    assert np.asarray(last_frame(tmp_path / "theirs.mp4")).mean() > 240
 
 
 def test_encoder_child_reads_the_frames_from_shared_memory_and_releases_it(tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ class ClipBackend(BackendBase, LoadedModel):
                   height: int, ahead: Any = None) -> tuple[np.ndarray | None, int, Any]:
         raise NotImplementedError
 
-    def _ahead_of_turn(self, request: ClipRequest) -> Any:
+    def _ahead_of_turn(self, request: ClipRequest, frames: int, fps: float) -> Any:
         """Hook run on the caller's thread before the clip's turn (while another clip may hold the GPU): what it
         returns reaches `_generate` as `ahead`."""
         return None
@@ -220,7 +220,7 @@ class ClipBackend(BackendBase, LoadedModel):
             with Image.open(request.image) as img:
                 image = img.convert("RGB")
         image = image.resize((width, height), Image.Resampling.LANCZOS)
-        ahead = self._ahead_of_turn(request)
+        ahead = self._ahead_of_turn(request, frames, fps)
 
         def turn() -> tuple[Any, ...]:
             with self.gpu:

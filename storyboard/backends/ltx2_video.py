@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PreflightError, StageError
-from ..media import fit_length, load_audio
+from ..media import CLIP_AUDIO_RATE, fit_length, load_audio
 from . import ClipRequest, register
 from .diffusers_video import ClipBackend, frame_count, retime  # noqa: F401 - frame_count, retime: part of this module's API
 from .hf_common import (
@@ -175,20 +175,30 @@ class LTX2Video(ClipBackend):
             kwargs.update(negative_prompt_embeds=negative.to(self.device), negative_prompt_attention_mask=negative_mask.to(self.device))
         return kwargs
 
-    def _ahead_of_turn(self, request: ClipRequest) -> dict[str, Any] | None:
-        """On a GPU, the clip's prompt embeddings (~0.4 GB) start their copy to the device on a stream of their own
-        while the clip before holds the GPU, so the copy engine moves them and the turn does not wait for it."""
+    def _ahead_of_turn(self, request: ClipRequest, frames: int, fps: float) -> dict[str, Any]:
+        """What a clip needs that the clip before, holding the GPU, need not wait for: a speech beat's take decoded,
+        fitted to the clip and turned into the audio VAE's log-mel input, and the 48 kHz take the clip carries (CPU
+        work that, inside the turn, left the GPU idle); on a GPU, the prompt embeddings (~0.4 GB) start their copy to
+        the device on a stream of their own, so the copy engine moves them and the turn does not wait for it."""
         import torch
 
+        ahead: dict[str, Any] = {"prompt": None}
+        if request.renderer == "a2v" and request.audio is not None:
+            vae = self.a2v_pipe.audio_vae
+            vae_rate = int(vae.config.sample_rate)
+            speech = fit_length(load_audio(request.audio, vae_rate, 2), round(frames / fps * vae_rate))
+            ahead["mel"] = log_mel(speech, vae_rate, vae.config.mel_bins, vae.config.mel_hop_length)
+            ahead["take"] = load_audio(request.audio, CLIP_AUDIO_RATE, 2)  # the clip carries the take itself, not the VAE's round trip
         if self.deferred or not str(self.device).startswith("cuda") or request.prompt not in self.embeds:
-            return None
+            return ahead
         guided = self._guided(request.renderer)
         copy = torch.cuda.Stream(device=torch.device(self.device))
         with torch.cuda.stream(copy):
             kwargs = self._prompt_kwargs(request.prompt, guided)
         ready = torch.cuda.Event()
         ready.record(copy)
-        return {**kwargs, "ready": ready}
+        ahead["prompt"] = {**kwargs, "ready": ready}
+        return ahead
 
     def prepare(self, prompts: list[str]) -> None:
         """Encode every prompt of the stage, then release the text encoder (it never shares the GPU with the transformer).
@@ -237,12 +247,11 @@ class LTX2Video(ClipBackend):
             self.pipe(**call)
 
     # -- animate -----------------------------------------------------------------------------------------
-    def speech_latents(self, speech: np.ndarray) -> Any:
-        """Audio-VAE latents (1, C, T, M) of (2, n) speech at the VAE's rate."""
+    def speech_latents(self, mel: Any) -> Any:
+        """Audio-VAE latents (1, C, T, M) of speech's log-mel spectrogram (`log_mel` at the VAE's rate)."""
         import torch
 
         vae = self.a2v_pipe.audio_vae
-        mel = log_mel(speech, vae.config.sample_rate, vae.config.mel_bins, vae.config.mel_hop_length)
         with torch.inference_mode():
             return vae.encode(mel.to(self.a2v_pipe._execution_device, vae.dtype)).latent_dist.mode()
 
@@ -250,7 +259,7 @@ class LTX2Video(ClipBackend):
         self._on_device()
 
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
-                  height: int, ahead: dict[str, Any] | None = None) -> tuple[np.ndarray | None, int, Any]:
+                  height: int, ahead: dict[str, Any]) -> tuple[np.ndarray | None, int, Any]:
         """One pipeline call: (audio to keep or None, its rate, frames as a (frames, 3, h, w) tensor in [0, 1])."""
         import torch
 
@@ -259,25 +268,23 @@ class LTX2Video(ClipBackend):
         from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
         sigmas = list(DISTILLED_SIGMA_VALUES) if preset["distilled_sigmas"] else None
-        audio, rate = None, 48000
-        if request.renderer == "a2v" and request.audio is not None:
+        audio, rate = None, CLIP_AUDIO_RATE
+        if "mel" in ahead:  # an a2v beat with its take
             from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 
-            vae_rate = int(self.a2v_pipe.audio_vae.config.sample_rate)
-            speech = fit_length(load_audio(request.audio, vae_rate, 2), round(frames / fps * vae_rate))
             if sigmas is None:  # the DFR pass runs without guidance: a plain schedule of `steps` sigmas for the base model
                 sigmas = list(np.linspace(1.0, 1.0 / int(preset["steps"]), int(preset["steps"])))
             result = self.a2v_pipe(
-                conditions=[LTX2VideoCondition(frames=image, index=0, strength=1.0)], audio_latents=self.speech_latents(speech),
+                conditions=[LTX2VideoCondition(frames=image, index=0, strength=1.0)], audio_latents=self.speech_latents(ahead["mel"]),
                 freeze_audio=True, generate_slots=False, sigmas=sigmas, num_frames=frames, height=height, width=width,
-                frame_rate=fps, generator=generator, output_type="pt", **self._prompt_kwargs(request.prompt, False, ahead),
+                frame_rate=fps, generator=generator, output_type="pt", **self._prompt_kwargs(request.prompt, False, ahead["prompt"]),
                 **{k: v for k, v in extra.items() if k in {"decode_timestep", "decode_noise_scale"}})
-            audio = load_audio(request.audio, rate, 2)  # the clip carries the TTS take itself, not the VAE's round trip
+            audio = ahead["take"]
         else:
             guided = self._guided(request.renderer)
             call: dict[str, Any] = {"image": image, "num_frames": frames, "height": height, "width": width, "frame_rate": fps,
                                     "num_inference_steps": int(preset["steps"]), "guidance_scale": float(preset["guidance_scale"]),
-                                    "generator": generator, "output_type": "pt", **self._prompt_kwargs(request.prompt, guided, ahead),
+                                    "generator": generator, "output_type": "pt", **self._prompt_kwargs(request.prompt, guided, ahead["prompt"]),
                                     **extra}
             if sigmas is not None:
                 call["sigmas"] = sigmas
