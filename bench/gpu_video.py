@@ -170,6 +170,8 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
             print(part, {k: round(v, 2) for k, v in sizes.items()}, flush=True)
         backend.prepare([r.prompt for r in requests])
         results["figures"] = dict(backend.figures)
+        if on_row:
+            on_row(results)
         first = True
         for request, (case, _w, _h, long_side, _s, quality, _r) in zip(requests, cases, strict=True):
             backend.preset_name = quality
@@ -195,6 +197,8 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
                 row["overhead_rgb"] = round(statistics.median(through_rgb) / statistics.median(bare) - 1, 4)
             results["cases"].append(row)
             print(json.dumps(row), flush=True)
+            if on_row:
+                on_row(results)
         if not stage_clips:
             results["stage_figures"] = backend.stage_figures()
             capture.close()
