@@ -294,6 +294,8 @@ def main() -> None:
             results["runs"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)
             print(json.dumps({k: v for k, v in row["timeline"].items() if k != "calls"}), flush=True)
+            if args.json:  # what is measured so far survives a call cut short
+                args.json.write_text(json.dumps(results, indent=2))
     finally:
         for workers in kept.values():
             workers.close()
