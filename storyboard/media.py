@@ -141,9 +141,10 @@ def last_frame(path: Path):  # type: ignore[no-untyped-def]
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame threads, for a clip whose last keyframe is far from its end
-        for start in ("last keyframe", "start"):
+        end = stream.duration or 2**62  # in the stream's time base; past the end lands on the last keyframe too
+        for offset in (end, 0):
             try:
-                container.seek(stream.duration or 2**62 if start == "last keyframe" else 0, stream=stream, backward=True)
+                container.seek(offset, stream=stream, backward=True)
             except av.error.FFmpegError:
                 continue
             for frame in container.decode(stream):  # noqa: B007 - keep the last one

@@ -74,8 +74,8 @@ def yuv420(video: Any, size: tuple[int, int], chunk: int = 16) -> Any:
     """(frames, 3, h, w) float tensor in [0, 1] -> (frames, height * 3 // 2, width) uint8 planar YUV 4:2:0 at `size`
     (per frame the Y plane, then U and V at half size: the layout PyAV's `VideoFrame.from_ndarray(..., "yuv420p")`
     reads). Converting where the frames are (the GPU) halves the bytes sent to the host against RGB and spares the
-    encoder its per-frame colour conversion, the larger part of a clip's encode that nothing hides when it is the
-    last or only clip. Width and height must be even; chroma is the mean of each 2x2 block."""
+    encoder its per-frame colour conversion, a large part of the encode that nothing hides when a clip is the last
+    or only one. Width and height must be even; chroma is the mean of each 2x2 block."""
     import torch
     import torch.nn.functional as F
 
