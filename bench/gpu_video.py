@@ -191,7 +191,8 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
                         through_rgb.append(timed_animate(backend, request, out / f"{case}.mp4"))
             row = {"case": case, "frames": capture.last[2]["num_frames"], "size": [capture.last[2]["width"], capture.last[2]["height"]],
                    "backend_s": round(statistics.median(through), 3), "bare_s": round(statistics.median(bare), 3),
-                   "overhead": round(statistics.median(through) / statistics.median(bare) - 1, 4), "peak_gib": peak_gib()}
+                   "overhead": round(statistics.median(through) / statistics.median(bare) - 1, 4), "peak_gib": peak_gib(),
+                   "backend_runs": [round(x, 3) for x in through], "bare_runs": [round(x, 3) for x in bare]}
             if through_rgb:  # the frames sent to the encoder as RGB, converted there (the backend before 2026-11-23, session 21)
                 row["backend_rgb_s"] = round(statistics.median(through_rgb), 3)
                 row["overhead_rgb"] = round(statistics.median(through_rgb) / statistics.median(bare) - 1, 4)
