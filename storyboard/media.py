@@ -259,7 +259,9 @@ def write_clip(frames: np.ndarray, out: Path, fps: int, size: tuple[int, int], a
         sound = container.add_stream("aac", rate=out_rate, layout="stereo")
         sound.bit_rate = 160_000
         # AAC (ffmpeg's default coder: ~0.5 s for 5 s of sound on one core) is encoded on a thread beside the video;
-        # PyAV leaves the interpreter lock while it encodes. Its packets are muxed once the video's are.
+        # PyAV leaves the interpreter lock while it encodes. Its packets are muxed once the video's are. Its encoder
+        # is opened here first: the first video mux opens every stream not yet open, and must not race the thread.
+        sound.codec_context.open()
         sound_packets = beside.submit(_aac_packets, sound, audio, audio_rate, out_rate, round(count / fps * out_rate))
         for index in range(count):
             frame = np.ascontiguousarray(frames[min(index, len(frames) - 1)])
