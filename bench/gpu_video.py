@@ -5,7 +5,7 @@ One call does the whole measurement for the variants asked:
 1. build the pipeline with random weights and `save_pretrained` it (kept under --out between calls);
 2. load it through the backend (`from_pretrained`, prompts encoded first, text encoder released);
 3. per case (size, frames, preset, renderer): seconds per clip through `backend.animate` (pipeline
-   call + frames scaled and encoded to H.264/AAC) against the bare pipeline call with the very
+   call + frames scaled and encoded to H.264/FLAC) against the bare pipeline call with the very
    same arguments (captured from the backend's call), peak GPU memory;
 4. stage throughput: a short's 11 clips through the backend with its 2 workers (one clip on the GPU
    while the previous one is encoded), against 11 bare calls, in the order --stage-order gives
@@ -92,15 +92,42 @@ class Capture:
         self.classes = [LTX2ImageToVideoPipeline, LTX2DFRPipeline]
         self.real = {cls: cls.__call__ for cls in self.classes}
         self.last: tuple[Any, Any, dict[str, Any]] | None = None
+        # With `timed` on (single calls only: it waits for the GPU at each edge), where a backend call's seconds go:
+        # (start, end) of its pipeline call and the seconds of the VAE's decode within it.
+        self.timed = False
+        self.spans: list[tuple[float, float]] = []
+        self.decodes: list[float] = []
         for cls in self.classes:
             cls.__call__ = self._wrap(cls)
+        from diffusers import AutoencoderKLLTX2Video
+
+        self.vae_class, self.real_decode = AutoencoderKLLTX2Video, AutoencoderKLLTX2Video.decode
+
+        def decode(vae: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.timed:
+                return self.real_decode(vae, *args, **kwargs)
+            sync()
+            started = time.perf_counter()
+            out = self.real_decode(vae, *args, **kwargs)
+            sync()
+            self.decodes.append(time.perf_counter() - started)
+            return out
+
+        AutoencoderKLLTX2Video.decode = decode
 
     def _wrap(self, cls: type) -> Any:
         real = self.real[cls]
 
         def call(pipe: Any, *args: Any, **kwargs: Any) -> Any:
             self.last = (real, pipe, dict(kwargs))
-            return real(pipe, *args, **kwargs)
+            if not self.timed:
+                return real(pipe, *args, **kwargs)
+            sync()
+            started = time.perf_counter()
+            out = real(pipe, *args, **kwargs)
+            sync()
+            self.spans.append((started, time.perf_counter()))
+            return out
 
         return call
 
@@ -108,6 +135,7 @@ class Capture:
         """Put the real calls back and drop the last pipeline (it would keep a variant's weights on the GPU)."""
         for cls in self.classes:
             cls.__call__ = self.real[cls]
+        self.vae_class.decode = self.real_decode
         self.last = None
 
     def bare(self, seed: int) -> float:
@@ -123,12 +151,47 @@ class Capture:
         return time.perf_counter() - started
 
 
-def timed_animate(backend: Any, request: Any, out: Path) -> float:
-    sync()
-    started = time.perf_counter()
-    backend.animate(request, out)
-    sync()
-    return time.perf_counter() - started
+def timed_animate(backend: Any, request: Any, out: Path, phases: list[dict[str, float]] | None = None, capture: Capture | None = None) -> float:
+    """Seconds of one `backend.animate`. With `phases` (and `capture`): the call is taken apart into what came before
+    its pipeline call, the pipeline call itself (the VAE's decode within it), and what came after (frames converted,
+    copied and encoded; `encode_wait_s`: waiting for the encoder's child), appended to `phases`."""
+    if phases is None or capture is None:
+        sync()
+        started = time.perf_counter()
+        backend.animate(request, out)
+        sync()
+        return time.perf_counter() - started
+    make, waits = backend._outgoing, []
+
+    def outgoing(*args: Any) -> Any:
+        made = make(*args)
+        wait = made.wait
+
+        def timed_wait() -> None:
+            begun = time.perf_counter()
+            try:
+                wait()
+            finally:
+                waits.append(time.perf_counter() - begun)
+
+        made.wait = timed_wait
+        return made
+
+    capture.timed, capture.spans, capture.decodes = True, [], []
+    backend._outgoing = outgoing
+    try:
+        sync()
+        started = time.perf_counter()
+        backend.animate(request, out)
+        sync()
+        ended = time.perf_counter()
+    finally:
+        capture.timed = False
+        del backend._outgoing  # the class's method again
+    (first, _), (_, last) = capture.spans[0], capture.spans[-1]
+    phases.append({"before_s": first - started, "pipeline_s": sum(b - a for a, b in capture.spans), "decode_s": sum(capture.decodes),
+                   "after_s": ended - last, "encode_wait_s": sum(waits), "total_s": ended - started})
+    return ended - started
 
 
 @contextlib.contextmanager
@@ -146,7 +209,7 @@ def rgb_frames() -> Any:
 
 
 def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: list[tuple], repeats: int, device: str,
-            stage_clips: int, stage_order: list[str], on_row: Any = None, rgb_too: bool = False) -> dict[str, Any]:
+            stage_clips: int, stage_order: list[str], on_row: Any = None, rgb_too: bool = False, breakdown: bool = False) -> dict[str, Any]:
     capture = Capture()
     settings = {"backend": "ltx2", "model": str(model), "device": device, **options,
                 "presets": {"distilled": {}, "full": {}}}
@@ -182,9 +245,9 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
             if not repeats:
                 continue
             reset_peak()
-            through, bare, through_rgb = [], [], []
+            through, bare, through_rgb, phases = [], [], [], []
             for _ in range(1 if quality == "full" else repeats):  # 30 guided steps: one is enough
-                through.append(timed_animate(backend, request, out / f"{case}.mp4"))
+                through.append(timed_animate(backend, request, out / f"{case}.mp4", phases if breakdown else None, capture))
                 bare.append(capture.bare(request.seed))
                 if rgb_too:
                     with rgb_frames():
@@ -193,6 +256,9 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
                    "backend_s": round(statistics.median(through), 3), "bare_s": round(statistics.median(bare), 3),
                    "overhead": round(statistics.median(through) / statistics.median(bare) - 1, 4), "peak_gib": peak_gib(),
                    "backend_runs": [round(x, 3) for x in through], "bare_runs": [round(x, 3) for x in bare]}
+            if phases:  # the backend's call against the pipeline call inside it, run by run: no drift between two calls
+                row["phases"] = {key: [round(p[key], 3) for p in phases] for key in phases[0]}
+                row["paired_overhead"] = round(statistics.median(p["total_s"] / p["pipeline_s"] - 1 for p in phases), 4)
             if through_rgb:  # the frames sent to the encoder as RGB, converted there (the backend before 2026-11-23, session 21)
                 row["backend_rgb_s"] = round(statistics.median(through_rgb), 3)
                 row["overhead_rgb"] = round(statistics.median(through_rgb) / statistics.median(bare) - 1, 4)
@@ -224,24 +290,46 @@ def variant(root: Path, model: Path, name: str, options: dict[str, Any], cases: 
     return results
 
 
-# Stage modes: how the clips' frames reach the encoder. "beside" is the product's way (the copy to the host after the
-# turn, beside the next clip's call, as planar YUV 4:2:0; the encoder's child off two cores at nice 10); "beside-rgb"
-# sends RGB frames that the encoder converts (the way before 2026-11-23, session 21); "in-turn" copies inside the turn;
-# "before" also lets the encoder's child on every core (the backend before 2026-11-23); "x4"/"x2" give x264 that many
-# threads; "no-encode" copies the frames but the child only reads them; "no-copy" neither copies nor encodes (the turns
-# alone, with two workers), "-1" with one worker. (The "idle" and "callers" modes in BENCHMARKS.md ran at 6a3ab1c: a
-# SCHED_IDLE encoder and each call on its caller's thread; both options left the backend afterwards.) "bare"/"bare-thread": the stage's
-# pipeline calls made directly, from the main thread or from one worker thread.
-BESIDE = {"copy_in_turn": False, "spare": 2, "threads": 0, "encode": "x264", "workers": 2, "rgb": False}
-MODES = {"beside": BESIDE, "beside-rgb": {**BESIDE, "rgb": True}, "in-turn": {**BESIDE, "copy_in_turn": True}, "before": {**BESIDE, "copy_in_turn": True, "spare": 0},
+# Stage modes: how the clips' frames reach the encoder. "beside" is the product's way (each VAE tile's frames, as
+# planar YUV 4:2:0, copied to the host and encoded as they are decoded, the rest beside the next clip's call; the
+# encoder's child off two cores at nice 10); "beside-rgb" sends RGB frames that the encoder converts (the way before
+# 2026-11-23, session 21); "all-cores" lets the encoder's child on every core; "x4"/"x2" give x264 that many threads;
+# "no-encode" copies the frames but the child only reads them; "no-copy" neither copies nor encodes (the turns alone,
+# with two workers), "-1" with one worker. (The "in-turn", "before", "idle" and "callers" modes in BENCHMARKS.md ran
+# before 2026-11-24: the copy inside the turn, a SCHED_IDLE encoder, each call on its caller's thread; those ways left
+# the backend afterwards.) "bare"/"bare-thread": the stage's pipeline calls made directly, from the main thread or
+# from one worker thread.
+BESIDE = {"spare": 2, "threads": 0, "encode": "x264", "workers": 2, "rgb": False}
+MODES = {"beside": BESIDE, "beside-rgb": {**BESIDE, "rgb": True}, "all-cores": {**BESIDE, "spare": 0},
          "x4": {**BESIDE, "threads": 4}, "x2": {**BESIDE, "threads": 2},
          "no-encode": {**BESIDE, "encode": "read"}, "no-copy": {**BESIDE, "encode": "none"},
          "no-copy-1": {**BESIDE, "encode": "none", "workers": 1}}
 
 
 def read_only(frames: np.ndarray, *args: Any, **kwargs: Any) -> int:
-    """In the encoder's child for "no-encode": touch every byte of the frames, encode nothing."""
-    return int(frames.sum(dtype=np.uint64) % 251)
+    """In the encoder's child for "no-encode": touch every byte of the frames as they come, encode nothing."""
+    return int(sum(int(frames[i].sum(dtype=np.uint64)) for i in range(len(frames))) % 251)
+
+
+class NoFrames:
+    """For "no-copy": a clip's frames go nowhere."""
+
+    made = 0
+
+    def decoded(self, video: Any) -> None:
+        pass
+
+    def add(self, video: Any, start: int) -> None:
+        pass
+
+    def finish(self, audio: Any, rate: int) -> float:
+        return 0.0
+
+    def wait(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
 
 
 def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode: str) -> dict[str, Any]:
@@ -259,18 +347,16 @@ def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode:
                 bare = sum(one.submit(capture.bare, r.seed).result() for r in batch)
         return {"mode": mode, "clips": len(batch), "seconds": round(bare, 3), "wall_s": round(time.perf_counter() - started, 3)}
     how = MODES[mode]
-    backend.copy_in_turn = how["copy_in_turn"]
     backend.settings["encode_threads"] = how["threads"]
     if backend.encoder.spare_cores != how["spare"]:
         backend.encoder.close()
         backend.encoder = Encoder(spare_cores=how["spare"])
         backend.encoder.submit_frames((1, 64, 64, 3), lambda into: None, write_clip, out / "encoder_warmup.mp4", 24, (64, 64), None,
                                       48000, 0.05)()  # its child started before the clock
-    submit = backend._submit_encode
     if how["encode"] == "read":  # by its package name, so the child can import it
         video.write_clip = importlib.import_module("bench.gpu_video").read_only
     elif how["encode"] == "none":
-        backend._submit_encode = lambda *args: ((lambda: None), 0.0)
+        backend._outgoing = lambda *args: NoFrames()
     backend.timeline.clear()
     sync()
     started = time.perf_counter()
@@ -280,7 +366,8 @@ def stage_run(backend: Any, capture: Capture, batch: list[Any], out: Path, mode:
         sync()
         seconds = time.perf_counter() - started
     finally:
-        video.write_clip, backend._submit_encode = write_clip, submit
+        video.write_clip = write_clip
+        vars(backend).pop("_outgoing", None)
         backend.settings["encode_threads"] = 0
     return {"mode": mode, "clips": len(batch), "workers": how["workers"], "seconds": round(seconds, 3), **backend.gpu_gaps()}
 
@@ -354,9 +441,11 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all for the size)")
     parser.add_argument("--stage-clips", type=int, default=11, help="clips in the throughput run (hook + 10 beats)")
     parser.add_argument("--stage-variants", default="", help="variants that get the throughput run (default: all)")
-    parser.add_argument("--stage-order", default="bare,beside,before,in-turn,bare,beside",
+    parser.add_argument("--stage-order", default="bare,beside,bare,beside",
                         help=f"stage runs in this order: {', '.join([*MODES, 'bare', 'bare-thread'])}")
     parser.add_argument("--rgb-too", action="store_true", help="per case, also time the backend sending RGB frames to the encoder")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="per case, take each backend call apart (before / pipeline call / VAE decode / after), waiting for the GPU at each edge")
     parser.add_argument("--text-encoder", action="store_true", help="only the Gemma-3-12B text encoder, bf16 against nf4")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -384,7 +473,7 @@ def main() -> None:
     for name in args.variants.split(","):
         results["variants"].append(variant(args.out, model, name, known[name], cases, args.repeats, device,
                                               args.stage_clips if not args.stage_variants or name in args.stage_variants.split(",") else 0,
-                                              args.stage_order.split(","), keep, args.rgb_too))
+                                              args.stage_order.split(","), keep, args.rgb_too, args.breakdown))
     report(results, args.json)
 
 

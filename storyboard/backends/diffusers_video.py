@@ -3,11 +3,14 @@
 A clip backend loads its pipeline once per stage and animates each beat from its image (an sfx
 beat from the previous clip's last frame). Two clips are in flight: one in the pipeline (every call on
 the backend's one GPU thread) while the other's frames, scaled and quantised on the GPU, are copied to
-the host on a stream of their own and encoded to H.264/AAC in a child process.
+the host on a stream of their own and encoded to H.264 (FLAC sound) in a child process, the encode starting
+with the first VAE tile decoded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import threading
 import time
@@ -32,12 +35,16 @@ def frame_count(seconds: float, fps: float, temporal: int = 8) -> int:
     return temporal * max(1, math.ceil((needed - 1) / temporal)) + 1
 
 
+def retime_index(count: int, source_fps: float, fps: float) -> list[int]:
+    """For `count` frames at `source_fps` shown at `fps`: the source frame of each shown one (nearest earlier frame)."""
+    if source_fps == fps:
+        return list(range(count))
+    return [min(count - 1, math.floor(i * source_fps / fps)) for i in range(math.floor(count * fps / source_fps))]
+
+
 def retime(frames: np.ndarray, source_fps: float, fps: float) -> np.ndarray:
     """Frames at `source_fps` shown at `fps` (nearest earlier frame), when the two differ."""
-    if source_fps == fps:
-        return frames
-    count = math.floor(len(frames) * fps / source_fps)
-    return frames[[min(len(frames) - 1, math.floor(i * source_fps / fps)) for i in range(count)]]
+    return frames if source_fps == fps else frames[retime_index(len(frames), source_fps, fps)]
 
 
 def _at_size(video: Any, size: tuple[int, int], chunk: int) -> Any:
@@ -123,6 +130,61 @@ def to_host(frames: Any, into: np.ndarray, ready: Any = None) -> None:
         target.copy_(frames)  # into pageable memory: returns once the bytes are there
 
 
+_NOT_GIVEN = object()
+
+
+def temporal_tiles(vae: Any, emit: Any, z: Any, temb: Any, causal: Any = _NOT_GIVEN, return_dict: bool = True) -> Any:
+    """An LTX / LTX-2 VAE's decode in temporal tiles (what `vae._temporal_tiled_decode` computes, the same operations in
+    the same order, so the same frames) that hands each run of finished frames to `emit` as soon as it is final: a tile
+    is final once it is blended with the one before, so the clip's encode starts while later tiles still decode.
+    `emit(frames)`: decoder output (batch, channels, frames, h, w), in order, `num_sample_frames` in all."""
+    import torch
+
+    extra = {} if causal is _NOT_GIVEN else {"causal": causal}
+    frames = z.shape[2]
+    total = (frames - 1) * vae.temporal_compression_ratio + 1
+    ratio_s, ratio_t = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+    min_h, min_w = vae.tile_sample_min_height // ratio_s, vae.tile_sample_min_width // ratio_s
+    tile_t, stride_t = vae.tile_sample_min_num_frames // ratio_t, vae.tile_sample_stride_num_frames // ratio_t
+    stride, blend = vae.tile_sample_stride_num_frames, vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames
+    kept, done, previous = [], 0, None
+    for start in range(0, frames, stride_t):
+        part = z[:, :, start:start + tile_t + 1]
+        if vae.use_tiling and (part.shape[-1] > min_w or part.shape[-2] > min_h):
+            tile = vae.tiled_decode(part, temb, return_dict=True, **extra).sample
+        else:
+            tile = vae.decoder(part, temb, **extra)
+        if previous is None:
+            final = tile[:, :, :stride + 1]
+        else:
+            tile = vae.blend_t(previous, tile[:, :, :-1], blend)
+            final = tile[:, :, :stride]
+        previous = tile
+        final = final[:, :, :max(0, total - done)]
+        if final.shape[2]:
+            emit(final)
+            done += final.shape[2]
+        kept.append(final)
+    from diffusers.models.autoencoders.vae import DecoderOutput
+
+    video = torch.cat(kept, dim=2)
+    return DecoderOutput(sample=video) if return_dict else (video,)
+
+
+@contextlib.contextmanager
+def streamed_decode(vae: Any, emit: Any) -> Any:
+    """While inside: `vae` decodes in temporal tiles through `temporal_tiles`, handing finished frames to `emit`. A VAE
+    without temporal tiles (Wan's; LTX's with tiling off or a clip of one tile) decodes as before and emits nothing."""
+    if vae is None or not hasattr(vae, "_temporal_tiled_decode") or "_temporal_tiled_decode" in vars(vae):
+        yield
+        return
+    vae._temporal_tiled_decode = functools.partial(temporal_tiles, vae, emit)
+    try:
+        yield
+    finally:
+        del vae._temporal_tiled_decode
+
+
 class ClipBackend(BackendBase, LoadedModel):
     """A diffusers image-to-video backend: presets per quality, one pipeline call at a time, frames to an mp4."""
 
@@ -145,8 +207,8 @@ class ClipBackend(BackendBase, LoadedModel):
         self.turns: ThreadPoolExecutor | None = None  # the one thread every pipeline call of the stage runs on
         self._turns_made = threading.Lock()
         self.encoder = Encoder()  # clips are encoded in a child process beside the next pipeline call
+        self.copies: ThreadPoolExecutor | None = None  # the one thread that copies frames to the host, run after run
         self.timeline: list[tuple[float, float, float]] = []  # per clip: its turn on the GPU (start, end), then the copy's seconds
-        self.copy_in_turn = False  # copy the frames to the host inside the turn (the way before; the bench compares both)
 
     def gpu_gaps(self) -> dict[str, float]:
         """Over the clips so far: seconds of GPU turns, seconds copying frames to the host (after the turn, beside the
@@ -182,7 +244,8 @@ class ClipBackend(BackendBase, LoadedModel):
     def __exit__(self, *exc: object) -> None:
         if self.turns is not None:
             self.turns.shutdown()
-            self.turns = None
+            self.copies.shutdown()
+            self.turns = self.copies = None
         self.encoder.close()
         self.pipe = None
         free_memory()
@@ -226,36 +289,108 @@ class ClipBackend(BackendBase, LoadedModel):
             with self.gpu:
                 held = time.perf_counter()
                 self._before_call()
-                audio, rate, video = self._generate(request, preset, image, frames, fps, width, height, ahead)
-                size = (request.width, request.height)
-                even = not (request.width % 2 or request.height % 2)
-                pixels = (yuv420 if even else quantise)(retime(video, fps, request.fps), size)  # planar YUV: half the bytes
-                del video
-                ready = mark_ready(pixels)
-                job, copy_s = self._submit_encode(pixels, ready, out, request, audio, rate) if self.copy_in_turn else (None, 0.0)
-                return held, time.perf_counter(), pixels, ready, audio, rate, job, copy_s
+                outgoing = self._outgoing(request, out, frames, fps)
+                try:
+                    with streamed_decode(getattr(self.pipe, "vae", None), outgoing.decoded):
+                        audio, rate, video = self._generate(request, preset, image, frames, fps, width, height, ahead)
+                    outgoing.add(video[outgoing.made:], outgoing.made)  # what the VAE did not hand over tile by tile
+                except BaseException:
+                    outgoing.abandon()
+                    raise
+                return held, time.perf_counter(), outgoing, audio, rate
 
         # Every call runs on one thread, whichever worker asks: with the two workers' threads taking turns on the
         # pipeline, a short's 11 calls took 71.9 s against 64.5 s from one thread, side by side on an H100 (BENCHMARKS.md).
         with self._turns_made:  # made on first use: the backend is entered again after __exit__ shut it down
             if self.turns is None:
                 self.turns = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-gpu")
-        held, turned, pixels, ready, audio, rate, job, copy_s = self.turns.submit(turn).result()
-        # The turn ends once the frames' kernels are queued: the next clip's call starts while the bytes come to the
-        # host (into memory the encoder's child reads) and are encoded.
-        if job is None:
-            job, copy_s = self._submit_encode(pixels, ready, out, request, audio, rate)
+                self.copies = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-to-host")
+        held, turned, outgoing, audio, rate = self.turns.submit(turn).result()
+        # The turn ends once the last frames' kernels are queued: the next clip's call starts while they come to the
+        # host and the encode (running since the first tile was decoded) finishes.
+        try:
+            copy_s = outgoing.finish(audio, rate)
+        except BaseException:
+            outgoing.abandon()
+            raise
         self.timeline.append((held, turned, copy_s))
-        del pixels
-        job()
+        outgoing.wait()
 
-    def _submit_encode(self, pixels: Any, ready: Any, out: Path, request: ClipRequest, audio: Any, rate: int) -> tuple[Any, float]:
-        """Start the clip's encode from its uint8 frames (on the GPU): the function that waits for it, and the seconds
-        the frames took to reach the host."""
+    def _outgoing(self, request: ClipRequest, out: Path, frames: int, fps: float) -> Outgoing:
+        return Outgoing(self, request, out, frames, fps)
+
+
+class Outgoing:
+    """One clip's frames on their way from the GPU to the encoder's child, in runs as they are made (each VAE tile,
+    or the whole clip at once): each run is retimed to the clip's frame rate, scaled and turned into planar YUV 4:2:0
+    on the GPU (RGB for odd sizes), and copied into the shared memory the child encodes from, on a thread and a CUDA
+    stream of their own, while the GPU goes on. The child starts when the clip's turn does and encodes each frame as
+    soon as it is there; the sound follows once the call has made it (`finish`)."""
+
+    def __init__(self, backend: ClipBackend, request: ClipRequest, out: Path, frames: int, fps: float) -> None:
+        from ..media import LATE_SOUND
+
+        self.backend, self.frames = backend, frames
+        self.size = (request.width, request.height)
+        self.even = not (request.width % 2 or request.height % 2)
+        self.index = retime_index(frames, fps, request.fps)  # the source frame of each frame the clip shows
+        width, height = self.size
+        shape = (len(self.index), height * 3 // 2, width) if self.even else (len(self.index), height, width, 3)
+        self.made = 0  # source frames handed over so far
+        self.shown = 0  # the clip's frames queued for the host so far
+        self.copies: list[Any] = []
+        self.stream = backend.encoder.stream(shape, write_clip, out, request.fps, self.size, LATE_SOUND, 0, request.duration,
+                                             **backend.x264())
+
+    def decoded(self, video: Any) -> None:
+        """A run of final VAE output (1, channels, frames, h, w) in [-1, 1], as the pipeline would post-process it."""
+        if self.made + video.shape[2] > self.frames:  # not this clip's decode: leave it to the pipeline's output
+            return
+        self.add(self.backend.pipe.video_processor.postprocess_video(video, output_type="pt")[0], self.made)
+
+    def add(self, video: Any, start: int) -> None:
+        """Source frames [start, start + len(video)) as (frames, 3, h, w) in [0, 1] on their device."""
+        end = start + video.shape[0]
+        shown = self.shown
+        while shown < len(self.index) and self.index[shown] < end:
+            shown += 1
+        self.made = end
+        if shown == self.shown:
+            return
+        picks = [self.index[i] - start for i in range(self.shown, shown)]
+        if picks == list(range(picks[0], picks[0] + len(picks))):  # the clip's own frame rate: a view, no copy
+            video = video[picks[0]:picks[0] + len(picks)]
+        else:
+            import torch
+
+            video = video.index_select(0, torch.tensor(picks, device=video.device))
+        pixels = (yuv420 if self.even else quantise)(video, self.size)
+        ready = mark_ready(pixels)
+        first, self.shown = self.shown, shown
+        self.copies.append(self.backend.copies.submit(self._to_host, pixels, ready, first, shown))
+
+    def _to_host(self, pixels: Any, ready: Any, first: int, last: int) -> None:
+        to_host(pixels, self.stream.frames[first:last], ready)
+        self.stream.ready(last)
+
+    def finish(self, audio: np.ndarray | None, rate: int) -> float:
+        """Wait for the frames to reach the host and give the child the sound: the seconds waited."""
         started = time.perf_counter()
-        job = self.encoder.submit_frames(tuple(pixels.shape), lambda into: to_host(pixels, into, ready), write_clip, out, request.fps,
-                                         (request.width, request.height), audio, rate, request.duration, **self.x264())
-        return job, time.perf_counter() - started
+        for copy in self.copies:
+            copy.result()
+        self.copies.clear()
+        if self.shown < len(self.index):
+            raise RuntimeError(f"the clip has {self.shown} of its {len(self.index)} frames")
+        self.stream.sound(audio, rate)
+        return time.perf_counter() - started
+
+    def wait(self) -> None:
+        self.stream.wait()
+
+    def abandon(self) -> None:
+        for copy in self.copies:
+            copy.exception()  # let every copy end before the block goes
+        self.stream.abandon()
 
 
 class SilentImageToVideo(ClipBackend):
