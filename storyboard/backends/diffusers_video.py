@@ -208,6 +208,7 @@ class ClipBackend(BackendBase, LoadedModel):
         self._turns_made = threading.Lock()
         self.encoder = Encoder()  # clips are encoded in a child process beside the next pipeline call
         self.copies: ThreadPoolExecutor | None = None  # the one thread that copies frames to the host, run after run
+        self.beside: ThreadPoolExecutor | None = None  # work a clip needs after its turn (a speech take's decode), done during it
         self.timeline: list[tuple[float, float, float]] = []  # per clip: its turn on the GPU (start, end), then the copy's seconds
 
     def gpu_gaps(self) -> dict[str, float]:
@@ -243,9 +244,9 @@ class ClipBackend(BackendBase, LoadedModel):
 
     def __exit__(self, *exc: object) -> None:
         if self.turns is not None:
-            self.turns.shutdown()
-            self.copies.shutdown()
-            self.turns = self.copies = None
+            for pool in (self.turns, self.copies, self.beside):
+                pool.shutdown()
+            self.turns = self.copies = self.beside = None
         self.encoder.close()
         self.pipe = None
         free_memory()
@@ -283,6 +284,13 @@ class ClipBackend(BackendBase, LoadedModel):
             with Image.open(request.image) as img:
                 image = img.convert("RGB")
         image = image.resize((width, height), Image.Resampling.LANCZOS)
+        # Every call runs on one thread, whichever worker asks: with the two workers' threads taking turns on the
+        # pipeline, a short's 11 calls took 71.9 s against 64.5 s from one thread, side by side on an H100 (BENCHMARKS.md).
+        with self._turns_made:  # made on first use: the backend is entered again after __exit__ shut it down
+            if self.turns is None:
+                self.turns = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-gpu")
+                self.copies = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-to-host")
+                self.beside = ThreadPoolExecutor(2, thread_name_prefix=f"{self.name}-beside")
         ahead = self._ahead_of_turn(request, frames, fps)
 
         def turn() -> tuple[Any, ...]:
@@ -299,12 +307,6 @@ class ClipBackend(BackendBase, LoadedModel):
                     raise
                 return held, time.perf_counter(), outgoing, audio, rate
 
-        # Every call runs on one thread, whichever worker asks: with the two workers' threads taking turns on the
-        # pipeline, a short's 11 calls took 71.9 s against 64.5 s from one thread, side by side on an H100 (BENCHMARKS.md).
-        with self._turns_made:  # made on first use: the backend is entered again after __exit__ shut it down
-            if self.turns is None:
-                self.turns = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-gpu")
-                self.copies = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-to-host")
         held, turned, outgoing, audio, rate = self.turns.submit(turn).result()
         # The turn ends once the last frames' kernels are queued: the next clip's call starts while they come to the
         # host and the encode (running since the first tile was decoded) finishes.
@@ -373,9 +375,12 @@ class Outgoing:
         to_host(pixels, self.stream.frames[first:last], ready)
         self.stream.ready(last)
 
-    def finish(self, audio: np.ndarray | None, rate: int) -> float:
-        """Wait for the frames to reach the host and give the child the sound: the seconds waited."""
+    def finish(self, audio: Any, rate: int) -> float:
+        """Wait for the frames to reach the host and give the child the sound ((channels, samples), None, or a future
+        of either): the seconds waited."""
         started = time.perf_counter()
+        if hasattr(audio, "result"):
+            audio = audio.result()
         for copy in self.copies:
             copy.result()
         self.copies.clear()

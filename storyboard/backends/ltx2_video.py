@@ -177,18 +177,20 @@ class LTX2Video(ClipBackend):
 
     def _ahead_of_turn(self, request: ClipRequest, frames: int, fps: float) -> dict[str, Any]:
         """What a clip needs that the clip before, holding the GPU, need not wait for: a speech beat's take decoded,
-        fitted to the clip and turned into the audio VAE's log-mel input, and the 48 kHz take the clip carries (CPU
-        work that, inside the turn, left the GPU idle); on a GPU, the prompt embeddings (~0.4 GB) start their copy to
+        fitted to the clip and turned into the audio VAE's log-mel input (CPU work that, inside the turn, left the GPU
+        idle), and the 48 kHz take the clip carries started on a thread beside the turn; on a GPU, the prompt embeddings (~0.4 GB) start their copy to
         the device on a stream of their own, so the copy engine moves them and the turn does not wait for it."""
         import torch
 
         ahead: dict[str, Any] = {"prompt": None}
         if request.renderer == "a2v" and request.audio is not None:
+            # The clip carries the take itself (not the VAE's round trip), needed only once the turn is over: decoded
+            # at the clip's rate on a thread of its own meanwhile.
+            ahead["take"] = self.beside.submit(load_audio, request.audio, CLIP_AUDIO_RATE, 2)
             vae = self.a2v_pipe.audio_vae
             vae_rate = int(vae.config.sample_rate)
             speech = fit_length(load_audio(request.audio, vae_rate, 2), round(frames / fps * vae_rate))
             ahead["mel"] = log_mel(speech, vae_rate, vae.config.mel_bins, vae.config.mel_hop_length)
-            ahead["take"] = load_audio(request.audio, CLIP_AUDIO_RATE, 2)  # the clip carries the take itself, not the VAE's round trip
         if self.deferred or not str(self.device).startswith("cuda") or request.prompt not in self.embeds:
             return ahead
         guided = self._guided(request.renderer)
