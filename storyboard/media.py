@@ -259,6 +259,8 @@ class ClipStream:
         self.sound_block = shared_memory.SharedMemory(create=True, size=max(1, audio.nbytes))
         np.ndarray(audio.shape, np.float32, buffer=self.sound_block.buf)[:] = audio
         name = self.sound_block.name.encode()
+        if len(name) > _HEADER - 48:
+            raise ValueError(f"shared memory name {self.sound_block.name!r} does not fit the stream's header")
         np.ndarray((len(name),), np.uint8, buffer=self.block.buf, offset=48)[:] = np.frombuffer(name, np.uint8)
         self.header[2:6] = (audio.shape[0], audio.shape[1], rate, len(name))
         self.header[1] = _GIVEN  # last: the child reads the rest once it sees this
