@@ -537,6 +537,40 @@ def test_ltx2_decoded_tiles_go_to_the_encoder_as_they_come_and_give_the_pipeline
     assert np.array_equal(frames(tmp_path / "clip.mp4"), frames(reference))
 
 
+def test_a_decode_failing_after_frames_were_streamed_leaves_no_clip_block_or_waiting_encoder(ltx: Path, tmp_path: Path,
+                                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VAE fails on its third tile, after two tiles' frames went to the encoder's child: the error reaches the
+    caller, the child stops waiting, no shared block is left, and the next clip is made as usual."""
+    from storyboard.backends import ClipRequest
+    from storyboard.backends.ltx2_video import LTX2Video
+
+    tiles: list[int] = []
+    Image.new("RGB", (108, 192), (90, 140, 200)).save(tmp_path / "beat.png")
+    settings = {"model": str(ltx), "device": "cpu", "max_sequence_length": 32, "vae_tiling": True, "vae_temporal_tile_frames": 16,
+                "presets": {"distilled": {"long_side": 128}}}
+    request = ClipRequest(number=1, renderer="i2v", image=tmp_path / "beat.png", audio=None, duration=1.5, width=108, height=192,
+                          fps=24, seed=5, prompt="a cat judge")
+    blocks = lambda: set(Path("/dev/shm").glob("psm_*")) if Path("/dev/shm").is_dir() else set()  # noqa: E731 - the shared memory blocks
+    before = blocks()
+    with LTX2Video(settings) as backend:
+        backend.prepare([request.prompt])
+        decoder = backend.pipe.vae.decoder
+        real_forward = decoder.forward
+
+        def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+            tiles.append(1)
+            if len(tiles) == 3:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return real_forward(*args, **kwargs)
+
+        monkeypatch.setattr(decoder, "forward", failing)
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            backend.animate(request, tmp_path / "failed.mp4")
+        assert len(tiles) == 3 and blocks() <= before
+        backend.animate(request, tmp_path / "clip.mp4")
+    assert probe(tmp_path / "clip.mp4").frames == 36
+
+
 def test_frames_reach_the_host_while_the_next_clip_is_in_the_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A clip's turn on the model ends once its frames are quantised: their copy to the host (and encode) runs beside
     the next clip's pipeline call. Every call runs on the backend's one GPU thread, whichever worker asked. The clips
