@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PreflightError
-from ..media import Encoder, last_frame, load_audio, write_clip
+from ..media import CLIP_AUDIO_RATE, Encoder, last_frame, load_audio, write_clip
 from . import BackendBase, ClipRequest, register
 from .diffusers_image import _accepts, pipeline_size
 from .hf_common import LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, model_index, resolve_model, same_weights
@@ -429,6 +429,12 @@ class SilentImageToVideo(ClipBackend):
     def temporal(self) -> int:
         return int(getattr(self.pipe, "vae_temporal_compression_ratio", None) or self.pipe.vae_scale_factor_temporal)
 
+    def _ahead_of_turn(self, request: ClipRequest, frames: int, fps: float) -> Any:
+        """An a2v beat's take (the clip carries it), decoded on a thread beside the turn: needed only after it."""
+        if request.renderer == "a2v" and request.audio is not None:
+            return self.beside.submit(load_audio, request.audio, CLIP_AUDIO_RATE, 2)
+        return None
+
     def _generate(self, request: ClipRequest, preset: dict[str, Any], image: Any, frames: int, fps: float, width: int,
                   height: int, ahead: Any = None) -> tuple[np.ndarray | None, int, Any]:
         import torch
@@ -440,8 +446,7 @@ class SilentImageToVideo(ClipBackend):
                 **{k: v for k, v in preset.items() if k not in {"steps", "guidance_scale", "long_side"}}}
         accepted = _accepts(self.pipe)
         result = self.pipe(**{k: v for k, v in call.items() if k in accepted})
-        audio = load_audio(request.audio, 48000, 2) if request.renderer == "a2v" and request.audio is not None else None
-        return audio, 48000, result.frames[0]
+        return ahead, CLIP_AUDIO_RATE, result.frames[0]  # the take's decode (a future) or None: silence
 
 
 @register("video", "ltx-video")
