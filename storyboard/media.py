@@ -236,7 +236,6 @@ class ClipStream:
     def __init__(self, shape: tuple[int, ...]) -> None:
         from multiprocessing import shared_memory
 
-        self.shape = shape
         self.block = shared_memory.SharedMemory(create=True, size=_HEADER + max(1, math.prod(shape)))
         self.name = self.block.name
         self.header = np.ndarray((6,), np.int64, buffer=self.block.buf)
@@ -296,7 +295,7 @@ class _Arriving:
 
     def __init__(self, header: np.ndarray, frames: np.ndarray) -> None:
         self.header, self.frames = header, frames
-        self.shape, self.ndim, self.dtype = frames.shape, frames.ndim, frames.dtype
+        self.shape, self.ndim = frames.shape, frames.ndim  # what `write_clip` reads besides the frames
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -178,8 +178,9 @@ class LTX2Video(ClipBackend):
     def _ahead_of_turn(self, request: ClipRequest, frames: int, fps: float) -> dict[str, Any]:
         """What a clip needs that the clip before, holding the GPU, need not wait for: a speech beat's take decoded,
         fitted to the clip and turned into the audio VAE's log-mel input (CPU work that, inside the turn, left the GPU
-        idle), and the 48 kHz take the clip carries started on a thread beside the turn; on a GPU, the prompt embeddings (~0.4 GB) start their copy to
-        the device on a stream of their own, so the copy engine moves them and the turn does not wait for it."""
+        idle), and the 48 kHz take the clip carries started on a thread beside the turn; on a GPU, the prompt
+        embeddings (~0.4 GB) start their copy to the device on a stream of their own, so the copy engine moves them
+        and the turn does not wait for it."""
         import torch
 
         ahead: dict[str, Any] = {"prompt": None}
