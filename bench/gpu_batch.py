@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import storyboard.distribute as distribute  # noqa: E402
 import storyboard.pipeline as pipeline  # noqa: E402
 from bench.random_models import flux, report  # noqa: E402
 from storyboard.batch import run_batch  # noqa: E402
@@ -46,6 +47,12 @@ class BenchWorker(StageWorker):
         """Copy lanes of the pinned stager (made here, untimed, as a process's first load makes it) and diffusers'
         parallel shard loading (HF_ENABLE_PARALLEL_LOADING)."""
         set_loading(lanes, parallel, str(self.config["device"]))
+
+    def threads(self) -> int:
+        """torch's CPU threads in this process."""
+        import torch
+
+        return torch.get_num_threads()
 
 
 def set_loading(lanes: int, parallel: bool, device: str) -> None:
@@ -233,45 +240,57 @@ def main() -> None:
 
     default_loading = (hf_common.COPY_LANES, bool(constants.HF_ENABLE_PARALLEL_LOADING))  # the product's, as imported
 
-    def parse(entry: str) -> tuple[str, str, tuple[int, bool]]:
-        """`p0,1@4y`: worker processes on GPUs 0 and 1, 4 copy lanes, parallel shard loading on (`n` off)."""
+    def parse(entry: str) -> tuple[str, str, tuple[int, bool], str]:
+        """`p0,1@4y`: worker processes on GPUs 0 and 1, 4 copy lanes, parallel shard loading on (`n` off). A `:td`
+        suffix starts the set's worker processes with torch's default CPU threads, as a process alone on the host
+        (as before `distribute.cpu_share`), `:t8` with 8 each; none as the product starts them. Each such set of
+        processes is started and warmed up on its own."""
+        entry, _, threads = entry.partition(":t")
         gpus, _, loading = entry.partition("@")
         how = (int(loading[:-1]), loading[-1] == "y") if loading else default_loading
-        return ("process" if gpus.startswith("p") else "thread", gpus.lstrip("pt"), how)
+        return ("process" if gpus.startswith("p") else "thread", gpus.lstrip("pt"), how, threads)
 
     sets = [parse(entry) for entry in args.gpu_sets.split(";")]
     record_calls()
     results: dict[str, Any] = {"gpus_on_host": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                                "quality": args.quality, "runs": [], "worker_start_s": {}}
     kept: dict[str, Workers] = {}  # worker processes per GPU set, started once
-    for gpus in sorted({g for mode, g, _ in sets if mode == "process"}):
+    real_share = distribute.cpu_share
+    for gpus, threads in sorted({(g, t) for mode, g, _, t in sets if mode == "process"}):
         started = time.perf_counter()
-        kept[gpus] = GPUProcesses(resolve_config(str(profiles["process"])), [f"cuda:{g}" if g.isdigit() else g for g in gpus.split(",")],
-                                  worker=BenchWorker)
-        kept[gpus].release()  # waits for every process to be up and answering (imports done)
-        results["worker_start_s"][gpus] = round(time.perf_counter() - started, 2)
+        key = gpus + (f":t{threads}" if threads else "")
+        distribute.cpu_share = (lambda n: None) if threads == "d" else (lambda n, t=threads: int(t)) if threads else real_share
+        try:
+            kept[key] = GPUProcesses(resolve_config(str(profiles["process"])), [f"cuda:{g}" if g.isdigit() else g for g in gpus.split(",")],
+                                     worker=BenchWorker)
+        finally:
+            distribute.cpu_share = real_share
+        kept[key].release()  # waits for every process to be up and answering (imports done)
+        results["worker_start_s"][key] = round(time.perf_counter() - started, 2)
     try:
         if args.warmup:  # CUDA start and first kernel loads on every GPU and worker process, untimed
             first = args.out / "warmup.txt"
             first.write_text(IDEAS[0] + "\n")
-            everyone = ",".join(sorted({g for _, gpus, _ in sets for g in gpus.split(",")}))
+            everyone = ",".join(sorted({g for _, gpus, _, _ in sets for g in gpus.split(",")}))
             shutil.rmtree(args.out / "runs-warmup", ignore_errors=True)
-            if any(mode == "thread" for mode, _, _ in sets):
+            if any(mode == "thread" for mode, _, _, _ in sets):
                 run_batch(first, args.out / "runs-warmup", profile=str(profiles["thread"]), gpus=everyone, stages=("visual",))
-            for gpus, workers in kept.items():
+            for key, workers in kept.items():
                 started = time.perf_counter()
-                out = args.out / f"runs-warmup-{gpus.replace(',', '_')}"  # a run of its own: an existing one has nothing left to draw
+                out = args.out / f"runs-warmup-{key.replace(',', '_').replace(':', '_')}"  # a run of its own: an existing one has nothing left to draw
                 shutil.rmtree(out, ignore_errors=True)
-                run_batch(first, out, profile=str(profiles["process"]), gpus=gpus, stages=("visual",), workers=workers)
-                results["worker_start_s"][gpus + " warm-up batch"] = round(time.perf_counter() - started, 2)
+                run_batch(first, out, profile=str(profiles["process"]), gpus=key.partition(":")[0], stages=("visual",), workers=workers)
+                results["worker_start_s"][key + " warm-up batch"] = round(time.perf_counter() - started, 2)
         if args.load_profile and torch.cuda.is_available():
             results["load_profile"] = load_profile(model, torch.cuda.device_count())
         time_pipeline_calls()
-        for number, (mode, gpus, loading) in enumerate(sets):
+        results["cpu_threads"] = {key: [c.call("threads") for c in w._children] for key, w in kept.items()}  # noqa: SLF001
+        for number, (mode, gpus, loading, threads) in enumerate(sets):
             call_means()  # drop the warm-up's calls
             out = args.out / f"runs-{number}-{mode}-{gpus.replace(',', '_')}"
             shutil.rmtree(out, ignore_errors=True)
-            workers = kept.get(gpus) if mode == "process" else None
+            key = gpus + (f":t{threads}" if threads else "")
+            workers = kept.get(key) if mode == "process" else None
             if workers is not None:
                 for child in workers._children:  # noqa: SLF001
                     child.call("set_loading", *loading)
@@ -283,7 +302,8 @@ def main() -> None:
             summary = run_batch(ideas, out, profile=str(profiles[mode]), gpus=gpus, stages=("visual",), workers=workers)
             seconds = time.perf_counter() - started
             images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
-            row = {"mode": mode, "gpus": gpus, "copy_lanes": loading[0], "parallel_shards": loading[1], "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
+            row = {"mode": mode, "gpus": key, "cpu_threads": [c.call("threads") for c in workers._children] if workers else None,  # noqa: SLF001
+                   "copy_lanes": loading[0], "parallel_shards": loading[1], "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
                    "images": images, "images_per_s": round(images / seconds, 4), "loads": delta(summary["loads"], before["loads"]),
                    "workers": delta(summary.get("workers", {}), before["workers"]),
                    "plan_s": max(r["stages"].get("plan", 0) for r in summary["runs"]),  # side by side on worker processes
@@ -302,9 +322,10 @@ def main() -> None:
     for figure in ("images_per_s", "images_per_visual_s"):
         best_one = max((r[figure] for r in results["runs"] if "," not in r["gpus"]), default=0)
         for mode in ("thread", "process"):
-            two = [r[figure] for r in results["runs"] if r["mode"] == mode and "," in r["gpus"]]
-            if two and best_one:
-                results[f"speedup_{mode}_{figure}_vs_best_one_gpu"] = [round(x / best_one, 3) for x in two]
+            for key in sorted({r["gpus"] for r in results["runs"] if r["mode"] == mode and "," in r["gpus"]}):
+                two = [r[figure] for r in results["runs"] if r["mode"] == mode and r["gpus"] == key]
+                if best_one:
+                    results.setdefault(f"speedup_{mode}_{figure}_vs_best_one_gpu", {})[key] = [round(x / best_one, 3) for x in two]
     report(results, args.json)
 
 
