@@ -20,7 +20,9 @@ preflight's ffmpeg check is left out here (the backend checks stay).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import shutil
 import sys
 import time
@@ -29,7 +31,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import storyboard.distribute as distribute  # noqa: E402
 import storyboard.pipeline as pipeline  # noqa: E402
 from bench.random_models import flux, report  # noqa: E402
 from storyboard.batch import run_batch  # noqa: E402
@@ -43,6 +44,10 @@ IDEAS = ["A cat who wants to be a judge", "A robot learns to bake bread", "Two p
 class BenchWorker(StageWorker):
     """The product's worker process, plus a switch for how it loads (between timed sets, never during one)."""
 
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.releases: list[dict[str, Any]] = []
+
     def set_loading(self, lanes: int, parallel: bool) -> None:
         """Copy lanes of the pinned stager (made here, untimed, as a process's first load makes it) and diffusers'
         parallel shard loading (HF_ENABLE_PARALLEL_LOADING)."""
@@ -53,6 +58,57 @@ class BenchWorker(StageWorker):
         import torch
 
         return torch.get_num_threads()
+
+    def release(self, capabilities: tuple[str, ...] | None = None) -> None:
+        """The product's release, timed, with each `free_memory` in it: how many of the dropped modules outlived
+        the drop (a reference cycle holds them) and what holds one, the full collections run and its seconds."""
+        from storyboard.backends import diffusers_image, hf_common
+
+        real = hf_common.free_memory
+        frees: list[dict[str, Any]] = []
+
+        def timed(watched: list[Any] | None = None) -> None:
+            looked = time.perf_counter()  # the look at what holds a survivor is left out of the release's seconds
+            survivors = [module for module in (ref() for ref in watched or []) if module is not None]
+            holders = sorted({holder(r) for r in gc.get_referrers(survivors[0]) if r is not survivors}) if survivors else []
+            alive = len(survivors)
+            del survivors
+            collections: list[int] = []
+
+            def count(phase: str, info: dict[str, Any]) -> None:
+                if phase == "start" and info["generation"] == 2:
+                    collections.append(1)
+
+            gc.callbacks.append(count)
+            started = time.perf_counter()
+            try:
+                real(watched)
+            finally:
+                gc.callbacks.remove(count)
+            frees.append({"watched": None if watched is None else len(watched), "alive": alive, "holders": holders,
+                          "full_collections": len(collections), "s": round(time.perf_counter() - started, 3), "looking_s": started - looked})
+
+        hf_common.free_memory = diffusers_image.free_memory = timed
+        started = time.perf_counter()
+        try:
+            super().release(capabilities)
+        finally:
+            hf_common.free_memory = diffusers_image.free_memory = real
+        if frees:
+            looking = sum(f.pop("looking_s") for f in frees)
+            self.releases.append({"s": round(time.perf_counter() - started - looking, 3), "frees": frees})
+
+    def release_figures(self) -> list[dict[str, Any]]:
+        """The timed releases since the last call."""
+        out, self.releases[:] = list(self.releases), []
+        return out
+
+
+def holder(obj: Any) -> str:
+    """What kind of object holds a module: its type, and a dict's first keys (an instance's attributes)."""
+    if isinstance(obj, dict):
+        return "dict:" + ",".join(sorted(str(k) for k in obj)[:6])
+    return type(obj).__qualname__
 
 
 def set_loading(lanes: int, parallel: bool, device: str) -> None:
@@ -241,10 +297,10 @@ def main() -> None:
     default_loading = (hf_common.COPY_LANES, bool(constants.HF_ENABLE_PARALLEL_LOADING))  # the product's, as imported
 
     def parse(entry: str) -> tuple[str, str, tuple[int, bool], str]:
-        """`p0,1@4y`: worker processes on GPUs 0 and 1, 4 copy lanes, parallel shard loading on (`n` off). A `:td`
-        suffix starts the set's worker processes with torch's default CPU threads, as a process alone on the host
-        (as before `distribute.cpu_share`), `:t8` with 8 each; none as the product starts them. Each such set of
-        processes is started and warmed up on its own."""
+        """`p0,1@4y`: worker processes on GPUs 0 and 1, 4 copy lanes, parallel shard loading on (`n` off). A `:t8`
+        suffix starts the set's worker processes with OMP_NUM_THREADS=8 (torch's CPU threads each); none as the
+        product starts them (this process's environment). Each such set of processes is started and warmed up on its
+        own."""
         entry, _, threads = entry.partition(":t")
         gpus, _, loading = entry.partition("@")
         how = (int(loading[:-1]), loading[-1] == "y") if loading else default_loading
@@ -255,16 +311,19 @@ def main() -> None:
     results: dict[str, Any] = {"gpus_on_host": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                                "quality": args.quality, "runs": [], "worker_start_s": {}}
     kept: dict[str, Workers] = {}  # worker processes per GPU set, started once
-    real_share = distribute.cpu_share
+    user_threads = os.environ.get("OMP_NUM_THREADS")
     for gpus, threads in sorted({(g, t) for mode, g, _, t in sets if mode == "process"}):
         started = time.perf_counter()
         key = gpus + (f":t{threads}" if threads else "")
-        distribute.cpu_share = (lambda n: None) if threads == "d" else (lambda n, t=threads: int(t)) if threads else real_share
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = threads  # the spawned processes' environment
         try:
             kept[key] = GPUProcesses(resolve_config(str(profiles["process"])), [f"cuda:{g}" if g.isdigit() else g for g in gpus.split(",")],
                                      worker=BenchWorker)
         finally:
-            distribute.cpu_share = real_share
+            os.environ.pop("OMP_NUM_THREADS", None)
+            if user_threads is not None:
+                os.environ["OMP_NUM_THREADS"] = user_threads
         kept[key].release()  # waits for every process to be up and answering (imports done)
         results["worker_start_s"][key] = round(time.perf_counter() - started, 2)
     try:
@@ -294,6 +353,7 @@ def main() -> None:
             if workers is not None:
                 for child in workers._children:  # noqa: SLF001
                     child.call("set_loading", *loading)
+                    child.call("release_figures")  # the warm-up's and earlier sets' releases
             else:
                 set_loading(*loading, "cuda:0" if torch.cuda.is_available() else "cpu")
             TIMELINE.clear()
@@ -310,7 +370,8 @@ def main() -> None:
                    "visual_s": max(r["stages"].get("visual", 0) for r in summary["runs"]),  # the runs' stages run side by side
                    "images_per_visual_s": round(images / max(r["stages"].get("visual", 0) for r in summary["runs"]), 4),
                    "pipeline_call_s": call_means(),  # this process's calls only: empty for worker processes
-                   "timeline": timeline(started_mono)}
+                   "timeline": timeline(started_mono),
+                   "releases": {c.device: c.call("release_figures") for c in workers._children} if workers else None}  # noqa: SLF001
             results["runs"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)
             print(json.dumps({k: v for k, v in row["timeline"].items() if k != "calls"}), flush=True)

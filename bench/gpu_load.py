@@ -7,7 +7,7 @@ once after a barrier):
 - `from_pretrained`: diffusers' read of the checkpoint to the CPU (its tensors stay on the file's pages);
 - `move`: the pinned stager's copy of every weight to the GPU (`hf_common._Stager.copy_all`);
 - `load`: the product's whole `hf_common.load_pipeline`;
-- `release`: dropping the pipeline, `gc.collect`, `synchronize` and `empty_cache` (`hf_common.free_memory`), each;
+- `release`: dropping the pipeline (and how many of its modules outlive that), `gc.collect`, `synchronize` and `empty_cache` (`hf_common.free_memory`), each;
 
 with these variants of the move:
 - `base`: the product's;
@@ -118,7 +118,11 @@ def worker(index: int, model: str, jobs: Any, results: Any, barriers: dict[int, 
         stats["reserved_before_gib"] = reserved_before
         barrier.wait()
         t = time.perf_counter()
+        watched = hf_common.watch(pipe)
         del pipe
+        stats["release_drop"] = time.perf_counter() - t
+        stats["alive_after_drop"] = sum(ref() is not None for ref in watched)  # modules a reference cycle holds
+        t = time.perf_counter()
         gc.collect()
         stats["release_gc"] = time.perf_counter() - t
         t = time.perf_counter()

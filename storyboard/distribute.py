@@ -174,8 +174,7 @@ class GPUProcesses(_Devices):
         super().__init__(config, devices)
         spawn = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
         kind = worker or StageWorker  # tests pass a subclass that fails on purpose
-        threads = cpu_share(len(devices))
-        self._children = [_Child(spawn, device, (kind, _with_device(config, device)), self.slots, self._wake, threads) for device in devices]
+        self._children = [_Child(spawn, device, (kind, _with_device(config, device)), self.slots, self._wake) for device in devices]
         atexit.register(self.close)  # runs before multiprocessing's own exit hook, which would wait for them forever
 
     distributes = ("planner", *Workers.distributes)  # a batch's plans too: each process loads the planner on its GPU
@@ -228,25 +227,14 @@ class GPUProcesses(_Devices):
             child.stop(now)
 
 
-def cpu_share(processes: int) -> int | None:
-    """CPU threads for each of `processes` worker processes on this host: an equal share of the CPUs this process
-    may use, when there are several and the user has not set OMP_NUM_THREADS (None: torch's own default). Each
-    process's torch otherwise starts a thread per core for its CPU work (the weight copies of a load, the image
-    conversions), and two such pools on one host fight over every core (BENCHMARKS.md, issue 7)."""
-    if processes < 2 or "OMP_NUM_THREADS" in os.environ:
-        return None
-    return max(1, len(os.sched_getaffinity(0)) // processes)
-
-
 class _Child:
     """The parent's end of one worker process: calls go down a pipe with a job number; a reader thread hands each
     reply to the call waiting for it, and fails every waiting call if the process dies."""
 
-    def __init__(self, spawn: Any, device: str, worker: WorkerSpec, slots: int, on_exit: Callable[[], None],
-                 threads: int | None = None) -> None:
+    def __init__(self, spawn: Any, device: str, worker: WorkerSpec, slots: int, on_exit: Callable[[], None]) -> None:
         here, there = spawn.Pipe()
         self.device = device
-        self.process = spawn.Process(target=_serve, args=(there, worker, slots, threads), name=f"storyboard-{device}")
+        self.process = spawn.Process(target=_serve, args=(there, worker, slots), name=f"storyboard-{device}")
         self.process.start()
         there.close()
         self.alive = True
@@ -327,12 +315,9 @@ class _Child:
 WorkerSpec = tuple[type["StageWorker"], dict[str, Any]]  # (worker class, its config)
 
 
-def _serve(conn: Connection, worker_spec: WorkerSpec, slots: int, threads: int | None = None) -> None:
+def _serve(conn: Connection, worker_spec: WorkerSpec, slots: int) -> None:
     """A worker process: make what the parent sends, `slots` at a time, until it sends None; exit at once when the
-    parent is gone (its pipe closes). Ctrl-C is the parent's to handle: it closes the pipe. With `threads`, torch
-    (imported later, by the backends) runs its CPU work on that many threads."""
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch as it starts
+    parent is gone (its pipe closes). Ctrl-C is the parent's to handle: it closes the pipe."""
     from .ffmpeg import stop_all
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -211,18 +211,3 @@ class MeetingWorker:
                 super().release(capabilities)
 
         return Meeting(config)
-
-
-class ThreadsWorker:
-    """A worker process's worker that tells how many CPU threads its torch runs on."""
-
-    def __new__(cls, config: dict[str, Any]) -> Any:
-        from storyboard.distribute import StageWorker
-
-        class Threads(StageWorker):
-            def threads(self) -> tuple[int, str | None]:
-                import torch
-
-                return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-
-        return Threads(config)

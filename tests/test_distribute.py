@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from storyboard.batch import run_batch
-from storyboard.distribute import GPUProcesses, LocalGPUs, RayWorkers, cpu_share, make_workers
+from storyboard.distribute import GPUProcesses, LocalGPUs, RayWorkers, make_workers
 from storyboard.errors import InputError, StageError
 from storyboard.pipeline import create_run, open_run, run_stages
 from storyboard.profiles import resolve_config
@@ -116,26 +115,6 @@ def test_worker_processes_load_the_first_stage_as_they_start(load_ahead: str) ->
     finally:
         workers.close()
     assert workers._children[0].process.exitcode == 0
-
-
-@pytest.mark.parametrize("user_threads", [None, "1"])
-def test_worker_processes_on_one_host_share_its_cpus_unless_the_user_says(monkeypatch: pytest.MonkeyPatch, user_threads: str | None) -> None:
-    from helpers import ThreadsWorker
-
-    # torch never starts more threads than the box has CPUs (2 on CI): a host of 2 CPUs shared by 2 processes gives
-    # each 1; a user's OMP_NUM_THREADS=1 wins over the 4 that a host of 8 would give each.
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8 if user_threads else 2)))
-    if user_threads:
-        monkeypatch.setenv("OMP_NUM_THREADS", user_threads)
-    else:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cpu_share(2) == (None if user_threads else 1) and cpu_share(1) is None  # one process: torch's own default
-    workers = GPUProcesses(resolve_config("offline"), ["cpu", "cpu"], worker=ThreadsWorker)  # type: ignore[arg-type]
-    try:
-        answers = [child.call("threads") for child in workers._children]
-    finally:
-        workers.close()
-    assert answers == [(1, "1")] * 2
 
 
 def test_a_worker_process_that_dies_fails_only_its_beats(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ own `from_pretrained` path, on the CPU: the same code users run on a GPU.
 from __future__ import annotations
 
 import functools
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -303,3 +305,33 @@ def test_two_beats_in_flight_share_the_pipeline_one_call_at_a_time(models: dict[
         finally:
             type(backend.pipe).__call__ = real
     assert most == 1 and saves == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_a_dropped_pipeline_is_freed_without_a_full_collection_unless_a_cycle_holds_it(models: dict[str, Path], tmp_path: Path) -> None:
+    from storyboard.backends import ImageRequest
+    from storyboard.backends.diffusers_image import DiffusersImage
+
+    full: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    backend = DiffusersImage(image_settings(models, edit="img2img"))
+    gc.disable()  # only the backend's own collections are counted
+    gc.callbacks.append(count)
+    try:
+        with backend:
+            transformer = weakref.ref(backend.pipe.transformer)
+            # a call leaves each denoiser module tied to a hook registry pointing back at it (its cache context)
+            backend.draw(ImageRequest(number=0, beat_type="hook", prompt="a courtroom", width=256, height=256, seed=1, quality="draft", setting="court"),
+                         tmp_path / "hook.png")
+            assert hasattr(backend.pipe.transformer, "_diffusers_hook")
+        assert transformer() is None and full == []  # gone with its last reference: no third of a second in gc.collect
+        with backend:
+            transformer = weakref.ref(backend.pipe.transformer)
+            backend.pipe.transformer.loop = [backend.pipe.transformer]  # a reference cycle keeps it past the drop
+        assert transformer() is None and len(full) == 1
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()

@@ -26,6 +26,7 @@ from .hf_common import (
     model_index,
     resolve_model,
     same_weights,
+    watch,
 )
 
 # Per model family (the pipeline class in model_index.json): the model's own recommended settings.
@@ -151,8 +152,9 @@ class DiffusersImage(BackendBase, LoadedModel):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        dropped = watch(self.pipe, self.edit_pipe)
         self.pipe = self.edit_pipe = None
-        free_memory()
+        free_memory(dropped)
 
     def warm(self) -> None:
         """One small call of each pipeline (a step at ~256 px): loads the GPU kernels before the first beat."""

@@ -24,7 +24,18 @@ from ..errors import PreflightError
 from ..media import CLIP_AUDIO_RATE, Encoder, last_frame, load_audio, write_clip
 from . import BackendBase, ClipRequest, register
 from .diffusers_image import _accepts, pipeline_size
-from .hf_common import LoadedModel, device_of, dtype_of, free_memory, load_pipeline, missing, model_index, resolve_model, same_weights
+from .hf_common import (
+    LoadedModel,
+    device_of,
+    dtype_of,
+    free_memory,
+    load_pipeline,
+    missing,
+    model_index,
+    resolve_model,
+    same_weights,
+    watch,
+)
 
 MULTIPLE = 32  # LTX sizes are multiples of 32 (64 with a two-stage upscaler)
 
@@ -193,6 +204,7 @@ class ClipBackend(BackendBase, LoadedModel):
     presets: dict[str, dict[str, Any]] = {}
     sfx_from_previous = True
     multiple = MULTIPLE
+    pipelines: tuple[str, ...] = ("pipe",)  # the attributes holding its pipelines, dropped on exit
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
@@ -248,8 +260,10 @@ class ClipBackend(BackendBase, LoadedModel):
                 pool.shutdown()
             self.turns = self.copies = self.beside = None
         self.encoder.close()
-        self.pipe = None
-        free_memory()
+        dropped = watch(*(getattr(self, name) for name in self.pipelines))
+        for name in self.pipelines:
+            setattr(self, name, None)
+        free_memory(dropped)
 
     def checkpoint_class(self) -> str:
         """The pipeline class the checkpoint names (its model_index.json)."""

@@ -32,6 +32,7 @@ from .hf_common import (
     resolve_model,
     same_weights,
     to_device,
+    watch,
 )
 
 # distilled: the distilled checkpoint's 8-sigma schedule without guidance; full: the base model, 30 steps with CFG.
@@ -71,6 +72,7 @@ class LTX2Video(ClipBackend):
     name = "ltx2"
     default_model = "Lightricks/LTX-2"
     presets = PRESETS
+    pipelines = ("pipe", "a2v_pipe", "upsample_pipe")
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
@@ -135,7 +137,6 @@ class LTX2Video(ClipBackend):
         return {**super().identity(), **({"upsampler": str(self.upsampler_ref)} if self.upsampler_ref else {})}
 
     def __exit__(self, *exc: object) -> None:
-        self.a2v_pipe = self.upsample_pipe = None
         self.embeds.clear()
         super().__exit__(*exc)
 
@@ -224,9 +225,10 @@ class LTX2Video(ClipBackend):
 
         started = time.monotonic()
         if release_text_encoder:
+            dropped = watch(self.pipe.text_encoder)
             for p in (self.pipe, self.a2v_pipe):
                 p.register_modules(text_encoder=None)
-            free_memory()
+            free_memory(dropped)
         to_device(self.pipe, self.device)
         if self.upsample_pipe is not None:
             to_device(self.upsample_pipe.latent_upsampler, self.device)

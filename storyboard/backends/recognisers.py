@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import PreflightError
 from . import BackendBase, register
-from .hf_common import LOAD_LOCK, LoadedModel, free_memory
+from .hf_common import LOAD_LOCK, LoadedModel, free_memory, watch
 
 
 @register("qa", "none")
@@ -80,8 +80,9 @@ class WhisperQA(BackendBase, LoadedModel):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        dropped = watch(self.model)
         self.model = None
-        free_memory()
+        free_memory(dropped)
 
     def warm(self) -> None:
         """Two seconds of silence recognised: loads the GPU kernels before the first take is checked."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..rundir import temp_path_for
 from . import BackendBase, VoiceSpec, register
-from .hf_common import LOAD_LOCK, LoadedModel, device_of, free_memory, missing, resolve_model, to_device
+from .hf_common import LOAD_LOCK, LoadedModel, device_of, free_memory, missing, resolve_model, to_device, watch
 from .piper_tts import SAMPLE_RATE, finish_take
 
 
@@ -56,8 +56,9 @@ class TransformersTTS(BackendBase, LoadedModel):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        dropped = watch(self._loaded)
         self._loaded.clear()
-        free_memory()
+        free_memory(dropped)
 
     def warm(self) -> None:
         """One short line through each loaded voice: loads the GPU kernels before the first take (speak() seeds
