@@ -335,3 +335,18 @@ def test_a_dropped_pipeline_is_freed_without_a_full_collection_unless_a_cycle_ho
     finally:
         gc.callbacks.remove(count)
         gc.enable()
+
+
+def test_a_dropped_model_of_another_library_is_always_collected() -> None:
+    from storyboard.backends.hf_common import free_memory, watch
+
+    class Model:  # no torch module to watch (a CTranslate2 recogniser, say), held by a cycle
+        def __init__(self) -> None:
+            self.me = self
+
+    model = Model()
+    gone = weakref.ref(model)
+    dropped = watch(model)
+    del model
+    free_memory(dropped)
+    assert dropped == [] and gone() is None

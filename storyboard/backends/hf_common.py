@@ -452,11 +452,12 @@ def watch(*held: Any) -> list[weakref.ref[Any]]:
 def free_memory(watched: list[weakref.ref[Any]] | None = None) -> None:
     """Give cached GPU memory back after a stage drops its models. A full garbage collection (a third of a second
     with a pipeline's objects about) runs only where a `watched` module is still alive after it was dropped, i.e. a
-    reference cycle holds it; without `watched`, always. The cycle every diffusers pipeline call leaves (a module and
-    its empty hook registry, made for the call's cache context) is broken first."""
-    if watched is not None:
+    reference cycle holds it; with no torch module watched (none given, or a model of another library), always. The
+    cycle every diffusers pipeline call leaves (a module and its empty hook registry, made for the call's cache
+    context) is broken first."""
+    if watched:
         _break_hook_cycles([ref() for ref in watched])
-    if watched is None or any(ref() is not None for ref in watched):
+    if not watched or any(ref() is not None for ref in watched):
         gc.collect()
     torch = _torch()
     if torch is not None and torch.cuda.is_available():
