@@ -104,6 +104,11 @@ class BenchWorker(StageWorker):
         return out
 
 
+def set_key(gpus: str, threads: str) -> str:
+    """A set of worker processes: its GPUs and, where asked, their OMP_NUM_THREADS (`0,1:t8`)."""
+    return gpus + (f":t{threads}" if threads else "")
+
+
 def holder(obj: Any) -> str:
     """What kind of object holds a module: its type, and a dict's first keys (an instance's attributes)."""
     if isinstance(obj, dict):
@@ -314,7 +319,7 @@ def main() -> None:
     user_threads = os.environ.get("OMP_NUM_THREADS")
     for gpus, threads in sorted({(g, t) for mode, g, _, t in sets if mode == "process"}):
         started = time.perf_counter()
-        key = gpus + (f":t{threads}" if threads else "")
+        key = set_key(gpus, threads)
         if threads:
             os.environ["OMP_NUM_THREADS"] = threads  # the spawned processes' environment
         try:
@@ -348,7 +353,7 @@ def main() -> None:
             call_means()  # drop the warm-up's calls
             out = args.out / f"runs-{number}-{mode}-{gpus.replace(',', '_')}"
             shutil.rmtree(out, ignore_errors=True)
-            key = gpus + (f":t{threads}" if threads else "")
+            key = set_key(gpus, threads)
             workers = kept.get(key) if mode == "process" else None
             if workers is not None:
                 for child in workers._children:  # noqa: SLF001
