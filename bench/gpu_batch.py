@@ -53,6 +53,17 @@ class BenchWorker(StageWorker):
         parallel shard loading (HF_ENABLE_PARALLEL_LOADING)."""
         set_loading(lanes, parallel, str(self.config["device"]))
 
+    def set_warm_always(self, always: bool) -> None:
+        """Make the warm-up call after every load ahead, even with the stage already waiting (the product before
+        session 25), or leave it out then (the product now)."""
+        self.pool._awaited = _NeverAwaited() if always else set()  # noqa: SLF001
+
+    def warm_figures(self) -> dict[str, float | None]:
+        """The last warm-up call's seconds per capability (None: left out), then forgotten."""
+        out = dict(self.pool.warm_s)
+        self.pool.warm_s.clear()
+        return out
+
     def threads(self) -> int:
         """torch's CPU threads in this process."""
         import torch
@@ -102,6 +113,13 @@ class BenchWorker(StageWorker):
         """The timed releases since the last call."""
         out, self.releases[:] = list(self.releases), []
         return out
+
+
+class _NeverAwaited(set):
+    """A set that takes nothing in: no stage is ever seen waiting, so every load ahead makes its warm-up call."""
+
+    def add(self, _: object) -> None:
+        pass
 
 
 def set_key(gpus: str, threads: str) -> str:
@@ -301,15 +319,17 @@ def main() -> None:
 
     default_loading = (hf_common.COPY_LANES, bool(constants.HF_ENABLE_PARALLEL_LOADING))  # the product's, as imported
 
-    def parse(entry: str) -> tuple[str, str, tuple[int, bool], str]:
+    def parse(entry: str) -> tuple[str, str, tuple[int, bool], str, bool]:
         """`p0,1@4y`: worker processes on GPUs 0 and 1, 4 copy lanes, parallel shard loading on (`n` off). A `:t8`
         suffix starts the set's worker processes with OMP_NUM_THREADS=8 (torch's CPU threads each); none as the
         product starts them (this process's environment). Each such set of processes is started and warmed up on its
-        own."""
+        own. A trailing `!w` makes the warm-up call after every load even when the stage already waits (the product
+        before session 25; worker processes only)."""
+        entry, warm_always = (entry[:-2], True) if entry.endswith("!w") else (entry, False)
         entry, _, threads = entry.partition(":t")
         gpus, _, loading = entry.partition("@")
         how = (int(loading[:-1]), loading[-1] == "y") if loading else default_loading
-        return ("process" if gpus.startswith("p") else "thread", gpus.lstrip("pt"), how, threads)
+        return ("process" if gpus.startswith("p") else "thread", gpus.lstrip("pt"), how, threads, warm_always)
 
     sets = [parse(entry) for entry in args.gpu_sets.split(";")]
     record_calls()
@@ -317,7 +337,7 @@ def main() -> None:
                                "quality": args.quality, "runs": [], "worker_start_s": {}}
     kept: dict[str, Workers] = {}  # worker processes per GPU set, started once
     user_threads = os.environ.get("OMP_NUM_THREADS")
-    for gpus, threads in sorted({(g, t) for mode, g, _, t in sets if mode == "process"}):
+    for gpus, threads in sorted({(g, t) for mode, g, _, t, _ in sets if mode == "process"}):
         started = time.perf_counter()
         key = set_key(gpus, threads)
         if threads:
@@ -335,9 +355,9 @@ def main() -> None:
         if args.warmup:  # CUDA start and first kernel loads on every GPU and worker process, untimed
             first = args.out / "warmup.txt"
             first.write_text(IDEAS[0] + "\n")
-            everyone = ",".join(sorted({g for _, gpus, _, _ in sets for g in gpus.split(",")}))
+            everyone = ",".join(sorted({g for _, gpus, _, _, _ in sets for g in gpus.split(",")}))
             shutil.rmtree(args.out / "runs-warmup", ignore_errors=True)
-            if any(mode == "thread" for mode, _, _, _ in sets):
+            if any(mode == "thread" for mode, *_ in sets):
                 run_batch(first, args.out / "runs-warmup", profile=str(profiles["thread"]), gpus=everyone, stages=("visual",))
             for key, workers in kept.items():
                 started = time.perf_counter()
@@ -349,7 +369,7 @@ def main() -> None:
             results["load_profile"] = load_profile(model, torch.cuda.device_count())
         time_pipeline_calls()
         results["cpu_threads"] = {key: [c.call("threads") for c in w._children] for key, w in kept.items()}  # noqa: SLF001
-        for number, (mode, gpus, loading, threads) in enumerate(sets):
+        for number, (mode, gpus, loading, threads, warm_always) in enumerate(sets):
             call_means()  # drop the warm-up's calls
             out = args.out / f"runs-{number}-{mode}-{gpus.replace(',', '_')}"
             shutil.rmtree(out, ignore_errors=True)
@@ -358,6 +378,8 @@ def main() -> None:
             if workers is not None:
                 for child in workers._children:  # noqa: SLF001
                     child.call("set_loading", *loading)
+                    child.call("set_warm_always", warm_always)
+                    child.call("warm_figures")  # the warm-up's and earlier sets'
                     child.call("release_figures")  # the warm-up's and earlier sets' releases
             else:
                 set_loading(*loading, "cuda:0" if torch.cuda.is_available() else "cpu")
@@ -367,7 +389,7 @@ def main() -> None:
             summary = run_batch(ideas, out, profile=str(profiles[mode]), gpus=gpus, stages=("visual",), workers=workers)
             seconds = time.perf_counter() - started
             images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
-            row = {"mode": mode, "gpus": key, "cpu_threads": [c.call("threads") for c in workers._children] if workers else None,  # noqa: SLF001
+            row = {"mode": mode, "gpus": key + ("!w" if warm_always else ""), "cpu_threads": [c.call("threads") for c in workers._children] if workers else None,  # noqa: SLF001
                    "copy_lanes": loading[0], "parallel_shards": loading[1], "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
                    "images": images, "images_per_s": round(images / seconds, 4), "loads": delta(summary["loads"], before["loads"]),
                    "workers": delta(summary.get("workers", {}), before["workers"]),
@@ -376,7 +398,8 @@ def main() -> None:
                    "images_per_visual_s": round(images / max(r["stages"].get("visual", 0) for r in summary["runs"]), 4),
                    "pipeline_call_s": call_means(),  # this process's calls only: empty for worker processes
                    "timeline": timeline(started_mono),
-                   "releases": {c.device: c.call("release_figures") for c in workers._children} if workers else None}  # noqa: SLF001
+                   "releases": {c.device: c.call("release_figures") for c in workers._children} if workers else None,  # noqa: SLF001
+                   "warm_s": {c.device: c.call("warm_figures") for c in workers._children} if workers else None}  # noqa: SLF001
             results["runs"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)
             print(json.dumps({k: v for k, v in row["timeline"].items() if k != "calls"}), flush=True)

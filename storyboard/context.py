@@ -60,6 +60,8 @@ class BackendPool:
         self._open: dict[str, int] = {}
         self._ahead: dict[str, Future[float]] = {}
         self._work: dict[str, Future[Any]] = {}  # work done ahead (e.g. the video stage's speech)
+        self._awaited: set[str] = set()  # loads ahead a stage already waits for: no warm-up call for them
+        self.warm_s: dict[str, float | None] = {}  # the last warm-up call's seconds per capability (None: left out)
         self.after_load: Callable[[], None] | None = None  # run once after the next load (the next stage's load ahead)
         self._lock = threading.RLock()
         self._made_lock = threading.Lock()
@@ -153,7 +155,13 @@ class BackendPool:
                 backend.__exit__(None, None, None)
             raise
         warm = getattr(backend, "warm", None)
-        if warm is not None:  # one small call: the stage's first item does not pay for loading the GPU kernels
+        if warm is not None and capability in self._awaited:
+            # The warm-up moves the GPU kernels' loading off the stage's path; with the stage already waiting, its
+            # first item loads them as soon, and the warm-up call's own work would only delay it.
+            self.warm_s[capability] = None
+            log.info("%s: no warm-up call, its stage is already waiting", capability)
+        elif warm is not None:  # one small call: the stage's first item does not pay for loading the GPU kernels
+            warm_started = time.monotonic()
             _WARMING.on = True
             try:
                 warm()
@@ -161,6 +169,7 @@ class BackendPool:
                 log.warning("%s: warm-up call failed (%s: %s); the first call will be slower", capability, type(error).__name__, error)
             finally:
                 _WARMING.on = False
+            self.warm_s[capability] = round(time.monotonic() - warm_started, 3)
         seconds = time.monotonic() - started
         log.info("%s: %s loaded ahead in %.1f s", capability, backend.name, seconds)
         return seconds
@@ -172,11 +181,14 @@ class BackendPool:
     def _collect(self, capability: str) -> bool:
         """Wait for `capability`'s load ahead; True when it is loaded and now open."""
         future = self._ahead.pop(capability)
+        self._awaited.add(capability)
         try:
             future.result()
         except Exception as error:  # noqa: BLE001 - the stage loads it again and reports its own error
             log.warning("%s: loading ahead failed (%s: %s); loading it now", capability, type(error).__name__, error)
             return False
+        finally:
+            self._awaited.discard(capability)
         self._open[capability] = 0
         self.loads[capability] += 1
         return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,57 @@ def test_loads_ahead_after_another_start_when_it_has_ended(tmp_path: Path, spy_c
     gate.set()
     assert pool.loaded_ahead("judge") and order == ["tts prepared", "judge loaded"]
     pool.drop_ahead()
+
+
+@register("judge", "gated")
+class GatedJudge(HeuristicJudge):
+    """The heuristic judge with a load that waits for the test's gate, and a warm-up call that is counted."""
+
+    name = "gated"
+    gate = threading.Event()
+    warm_calls: list[str] = []
+
+    def __enter__(self) -> GatedJudge:
+        assert self.gate.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def warm(self) -> None:
+        self.warm_calls.append(threading.current_thread().name)
+
+
+@pytest.mark.parametrize("stage_waits", [True, False])
+def test_the_warm_up_call_is_left_out_when_the_stage_already_waits(config: dict, stage_waits: bool) -> None:
+    """The warm-up only moves the kernels' loading off the stage's path: made while nobody needs the model yet,
+    left out once the stage waits for it (its first item loads them as soon, without the warm-up's own work)."""
+    GatedJudge.gate.clear()
+    GatedJudge.warm_calls.clear()
+    pool = BackendPool({**config, "judge": {"backend": "gated"}})
+    pool.load_ahead([("judge", None)])
+    used: list[Any] = []
+
+    def stage() -> None:
+        with pool.loaded("judge", Counter()) as backend:
+            used.append(backend)
+
+    if stage_waits:
+        waiter = threading.Thread(target=stage)
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while "judge" not in pool._awaited and time.monotonic() < deadline:  # the stage is in the wait
+            time.sleep(0.01)
+        GatedJudge.gate.set()
+        waiter.join(10)
+    else:
+        GatedJudge.gate.set()
+        assert pool.loaded_ahead("judge")  # loaded (and warmed) before the stage asks
+        stage()
+    assert len(used) == 1 and pool.loads["judge"] == 1
+    assert GatedJudge.warm_calls == ([] if stage_waits else ["load-ahead_0"])
+    assert (pool.warm_s["judge"] is None) == stage_waits
+    pool.release()
 
 
 def test_models_loaded_ahead_and_warmed_make_the_same_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
