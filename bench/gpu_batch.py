@@ -319,17 +319,18 @@ def main() -> None:
 
     default_loading = (hf_common.COPY_LANES, bool(constants.HF_ENABLE_PARALLEL_LOADING))  # the product's, as imported
 
-    def parse(entry: str) -> tuple[str, str, tuple[int, bool], str, bool]:
+    def parse(entry: str) -> tuple[str, str, tuple[int, bool], str, str]:
         """`p0,1@4y`: worker processes on GPUs 0 and 1, 4 copy lanes, parallel shard loading on (`n` off). A `:t8`
         suffix starts the set's worker processes with OMP_NUM_THREADS=8 (torch's CPU threads each); none as the
         product starts them (this process's environment). Each such set of processes is started and warmed up on its
-        own. A trailing `!w` makes the warm-up call after every load even when the stage already waits (the product
-        before session 25; worker processes only)."""
-        entry, warm_always = (entry[:-2], True) if entry.endswith("!w") else (entry, False)
+        own. Flags after `!` (worker processes only): `w` makes the warm-up call after every load even when the stage
+        already waits, `n` has every GPU read the checkpoint instead of copying the first one's weights (both: the
+        product before session 25)."""
+        entry, _, flags = entry.partition("!")
         entry, _, threads = entry.partition(":t")
         gpus, _, loading = entry.partition("@")
         how = (int(loading[:-1]), loading[-1] == "y") if loading else default_loading
-        return ("process" if gpus.startswith("p") else "thread", gpus.lstrip("pt"), how, threads, warm_always)
+        return ("process" if gpus.startswith("p") else "thread", gpus.lstrip("pt"), how, threads, flags)
 
     sets = [parse(entry) for entry in args.gpu_sets.split(";")]
     record_calls()
@@ -369,13 +370,15 @@ def main() -> None:
             results["load_profile"] = load_profile(model, torch.cuda.device_count())
         time_pipeline_calls()
         results["cpu_threads"] = {key: [c.call("threads") for c in w._children] for key, w in kept.items()}  # noqa: SLF001
-        for number, (mode, gpus, loading, threads, warm_always) in enumerate(sets):
+        for number, (mode, gpus, loading, threads, flags) in enumerate(sets):
+            warm_always = "w" in flags
             call_means()  # drop the warm-up's calls
             out = args.out / f"runs-{number}-{mode}-{gpus.replace(',', '_')}"
             shutil.rmtree(out, ignore_errors=True)
             key = set_key(gpus, threads)
             workers = kept.get(key) if mode == "process" else None
             if workers is not None:
+                workers.share = "n" not in flags and len(workers._children) > 1  # noqa: SLF001
                 for child in workers._children:  # noqa: SLF001
                     child.call("set_loading", *loading)
                     child.call("set_warm_always", warm_always)
@@ -386,10 +389,12 @@ def main() -> None:
             TIMELINE.clear()
             before = {"loads": workers.loads(), "workers": workers.figures()} if workers is not None else {"loads": {}, "workers": {}}
             started, started_mono = time.perf_counter(), time.monotonic()
+            before_copies = [c.call("peer_copies") for c in workers._children] if workers else []  # noqa: SLF001
             summary = run_batch(ideas, out, profile=str(profiles[mode]), gpus=gpus, stages=("visual",), workers=workers)
             seconds = time.perf_counter() - started
             images = summary["calls"].get("image.draw", 0) + summary["calls"].get("image.base", 0)
-            row = {"mode": mode, "gpus": key + ("!w" if warm_always else ""), "cpu_threads": [c.call("threads") for c in workers._children] if workers else None,  # noqa: SLF001
+            copied = [c.call("peer_copies") for c in workers._children] if workers else []  # noqa: SLF001
+            row = {"mode": mode, "gpus": key + (f"!{flags}" if flags else ""), "cpu_threads": [c.call("threads") for c in workers._children] if workers else None,  # noqa: SLF001
                    "copy_lanes": loading[0], "parallel_shards": loading[1], "status": summary["status"], "failed": summary["failed"], "seconds": round(seconds, 2),
                    "images": images, "images_per_s": round(images / seconds, 4), "loads": delta(summary["loads"], before["loads"]),
                    "workers": delta(summary.get("workers", {}), before["workers"]),
@@ -399,7 +404,8 @@ def main() -> None:
                    "pipeline_call_s": call_means(),  # this process's calls only: empty for worker processes
                    "timeline": timeline(started_mono),
                    "releases": {c.device: c.call("release_figures") for c in workers._children} if workers else None,  # noqa: SLF001
-                   "warm_s": {c.device: c.call("warm_figures") for c in workers._children} if workers else None}  # noqa: SLF001
+                   "warm_s": {c.device: c.call("warm_figures") for c in workers._children} if workers else None,  # noqa: SLF001
+                   "peer_copies": [a - b for a, b in zip(copied, before_copies)]}
             results["runs"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "timeline"}), flush=True)
             print(json.dumps({k: v for k, v in row["timeline"].items() if k != "calls"}), flush=True)

@@ -61,6 +61,7 @@ class BackendPool:
         self._ahead: dict[str, Future[float]] = {}
         self._work: dict[str, Future[Any]] = {}  # work done ahead (e.g. the video stage's speech)
         self._awaited: set[str] = set()  # loads ahead a stage already waits for: no warm-up call for them
+        self._under_way = 0  # loads ahead started and not ended (a stage waiting for one has taken its future)
         self.warm_s: dict[str, float | None] = {}  # the last warm-up call's seconds per capability (None: left out)
         self.after_load: Callable[[], None] | None = None  # run once after the next load (the next stage's load ahead)
         self._lock = threading.RLock()
@@ -125,6 +126,8 @@ class BackendPool:
                 assert then is not None
                 self._work[cap[5:]] = executor.submit(contextvars.copy_context().run, when_ready, then, None)
             else:
+                with self._made_lock:
+                    self._under_way += 1
                 self._ahead[cap] = executor.submit(contextvars.copy_context().run, when_ready, self._load_one, cap, then)
         executor.shutdown(wait=False)
 
@@ -144,6 +147,18 @@ class BackendPool:
             log.warning("%s done ahead failed (%s: %s); the stage does it now", name, type(error).__name__, error)
 
     def _load_one(self, capability: str, then: Callable[[Any], None] | None) -> float:
+        try:
+            return self._load_ahead_now(capability, then)
+        finally:
+            with self._made_lock:
+                self._under_way -= 1
+
+    def loads_under_way(self) -> bool:
+        """True while a load ahead has not ended, whether or not a stage is waiting for it."""
+        with self._made_lock:
+            return self._under_way > 0
+
+    def _load_ahead_now(self, capability: str, then: Callable[[Any], None] | None) -> float:
         backend = self.get(capability)
         started = time.monotonic()
         backend.__enter__()

@@ -170,8 +170,11 @@ class GPUProcesses(_Devices):
     `slots` beats at a time. A process per GPU keeps each GPU's kernel launches off the other GPUs' interpreter
     (BENCHMARKS.md, issue 7). A worker that dies fails its beats and gets no more; the others go on."""
 
-    def __init__(self, config: dict[str, Any], devices: list[str], worker: type[StageWorker] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], devices: list[str], worker: type[StageWorker] | None = None, share: bool | None = None) -> None:
         super().__init__(config, devices)
+        # The first process reads a model loaded ahead from its checkpoint, the others copy its weights GPU to GPU
+        # (CUDA IPC, hf_common.Siblings): one read of the checkpoint instead of one per GPU at once.
+        self.share = all(d.startswith("cuda") for d in devices) and len(devices) > 1 if share is None else share
         spawn = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
         kind = worker or StageWorker  # tests pass a subclass that fails on purpose
         self._children = [_Child(spawn, device, (kind, _with_device(config, device)), self.slots, self._wake) for device in devices]
@@ -208,9 +211,28 @@ class GPUProcesses(_Devices):
             future.result()
 
     def load_ahead(self, stage: str) -> None:
-        for child in self._children:
-            if child.alive:
+        children = [child for child in self._children if child.alive]
+        if not self.share or len(children) < 2:
+            for child in children:
                 child.send("load_ahead", stage)
+            return
+        leader, *followers = children
+        leader.send("load_ahead", stage, "leader")
+        for child in followers:
+            child.send("load_ahead", stage, "follower")
+        threading.Thread(target=self._hand_over, args=(leader, followers), name="storyboard-hand-over", daemon=True).start()
+
+    @staticmethod
+    def _hand_over(leader: _Child, followers: list[_Child]) -> None:
+        """The leader's loaded pipelines (as CUDA IPC handles) to each follower, or nothing if it has none or fails."""
+        try:
+            offers = leader.call("offers")
+        except StageError as error:
+            log.warning("the leading worker process offered no weights (%s); every GPU loads its own", error)
+            offers = []
+        for child in followers:
+            with contextlib.suppress(StageError):  # a follower that died fails its own beats
+                child.call("adopt", offers)
 
     def loads(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -352,6 +374,8 @@ def _serve(conn: Connection, worker_spec: WorkerSpec, slots: int) -> None:
                 break
             if message[1] == "load_ahead":  # here, in order: a later call sees the loads ahead started (they run on threads)
                 run(*message)
+            elif message[1] in ("offers", "adopt"):  # a load's hand-over between processes takes no beat's slot
+                threading.Thread(target=run, args=message, name=f"storyboard-{message[1]}", daemon=True).start()
             else:
                 threads.submit(run, *message)
     worker.release()
@@ -396,19 +420,46 @@ class StageWorker:
         seconds.update(load_s=loaded - started, make_s=time.monotonic() - loaded)
 
     def release(self, capabilities: tuple[str, ...] | None = None) -> None:
+        from .backends.hf_common import SIBLINGS
+
+        SIBLINGS.forget_offers()
         self.pool.release(capabilities)
 
     def loads(self) -> dict[str, int]:
         return dict(self.pool.loads)
 
-    def load_ahead(self, stage: str) -> None:
-        """Start loading `stage`'s models on threads (the `load_ahead` rules, on this worker's GPU)."""
+    def load_ahead(self, stage: str, role: str | None = None) -> None:
+        """Start loading `stage`'s models on threads (the `load_ahead` rules, on this worker's GPU). With a `role`
+        the loads are handed over between processes: the leader's are offered (`offers`), a follower's wait for
+        them (`adopt`) first."""
         from . import ahead
+        from .backends.hf_common import SIBLINGS
 
         if str(self.config.get("device", "")).startswith("cuda"):
             import torch  # noqa: F401 - the free-memory rule reads the GPU through it
-
+        if role is not None:
+            import torch.multiprocessing  # noqa: F401 - here, before the loads' threads import torch too
+        if role == "follower":
+            SIBLINGS.expect()
         ahead.start(self.pool, self.config, stage)
+
+    def offers(self) -> list[tuple[tuple[Any, ...], bytes]]:
+        """The pipelines this process loaded ahead, as offers for the other processes (once loaded)."""
+        from .backends.hf_common import SIBLINGS
+
+        return SIBLINGS.offers(lambda: not self.pool.loads_under_way())
+
+    def adopt(self, offers: list[tuple[tuple[Any, ...], bytes]]) -> int:
+        """Take the leading process's offers: this process's waiting loads copy them."""
+        from .backends.hf_common import SIBLINGS
+
+        return SIBLINGS.adopt(offers)
+
+    def peer_copies(self) -> int:
+        """Pipelines this process copied from another process's GPU instead of reading their checkpoint."""
+        from .backends.hf_common import SIBLINGS
+
+        return SIBLINGS.copied_from_peers
 
     def loaded_ahead(self, capability: str) -> bool:
         """Whether `capability` was loaded ahead here (waiting for that load)."""

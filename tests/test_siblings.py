@@ -111,3 +111,59 @@ def test_only_plain_gpu_loads_are_copied(flux_path: Path) -> None:
     assert key(flux_path, {"text_encoder_4bit": True}, torch.bfloat16, "cuda:0", None) is None
     assert key(flux_path, {"offload": "model"}, torch.bfloat16, "cuda:0", None) is None
     assert key(flux_path, {}, torch.bfloat16, "cuda:0", {"vae": object()}) is None
+
+
+def test_worker_processes_copy_the_leaders_weights_and_draw_the_same(tmp_path: Path, flux_path: Path) -> None:
+    """With a worker process per device, the first reads the checkpoint it loads ahead and offers its weights; the
+    other waits for the offer and copies them instead of reading the checkpoint (CUDA IPC between GPUs; here the
+    CPU stand-in shares them through shared memory). The beats come out as drawn without workers."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from storyboard.distribute import GPUProcesses
+    from storyboard.pipeline import create_run, run_stages
+    from storyboard.profiles import resolve_config
+
+    from helpers import PeerSharingWorker
+
+    image = {"backend": "diffusers", "model": str(flux_path), "device": "cpu", "edit": "img2img", "presets": {"draft": {"steps": 2, "long_side": None}}}
+    config = {**resolve_config("offline", {"image": image}), "load_ahead": "on"}
+    roots = [create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / name) for name in ("plain", "shared")]
+    assert run_stages(roots[0], config, stages=("visual",)).status == "ok"
+    workers = GPUProcesses(config, ["cpu", "cpu"], worker=PeerSharingWorker, share=True)  # type: ignore[arg-type]
+    try:
+        workers.load_ahead("visual")
+        assert run_stages(roots[1], config, stages=("visual",), workers=workers).status == "ok"
+        assert [child.call("peer_copies") for child in workers._children] == [0, 1]  # the second process copied
+        assert workers.loads()["image"] == 2
+        figures = workers.figures()["image"]
+        assert set(figures) == {"cpu#0", "cpu#1"} and all(row["beats"] > 0 for row in figures.values())
+    finally:
+        workers.close()
+
+    def images(root: Path) -> dict[str, np.ndarray]:
+        artifacts = json.loads((root / "run.json").read_text())["artifacts"]
+        return {rel: np.asarray(Image.open(root / rel).convert("RGB"), dtype=np.int16) for rel in artifacts if rel.startswith("beats/")}
+
+    plain, shared = images(roots[0]), images(roots[1])
+    assert plain.keys() == shared.keys() and len(plain) > 4
+    for rel, pixels in plain.items():  # CPU kernels round differently with the copies' memory alignment (~1e-6)
+        assert pixels.shape == shared[rel].shape and np.abs(pixels - shared[rel]).max() <= 2, rel
+
+
+def test_a_follower_loads_itself_when_no_offer_comes(flux_path: Path) -> None:
+    """A follower waits for the leader's offers only for what the leader offers: after an empty hand-over (the leader
+    loaded nothing it could share, or failed) its load reads the checkpoint."""
+    siblings = hf_common.Siblings()
+    siblings.expect()
+    key = ("model",)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(siblings.claim(key, "cuda:1")))
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive() and not got  # waits for the hand-over
+    assert siblings.adopt([]) == 0
+    waiter.join(5)
+    assert got == [None] and siblings.copied_from_peers == 0

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import PreflightError
+
+log = logging.getLogger("storyboard")
 
 # from_pretrained patches process-wide state while it builds modules (meta-device init): two loads at
 # once in one process (a pipeline per GPU under --gpus) corrupt each other. Reading weights is serialised;
@@ -135,7 +139,7 @@ def load_pipeline(settings: dict[str, Any], ref: str, what: str, dtype: Any, dev
     key = _sibling_key(path, settings, dtype, device, shared) if siblings else None
     source = SIBLINGS.claim(key, device) if key is not None else None
     if source is not None:  # the same checkpoint with the same settings is on another GPU: copy it from there
-        return clone_pipeline(source, device, settings, dtype)
+        return assemble(source if isinstance(source, dict) else portable(source), device, settings, dtype)
     try:
         pipe = _load_pipeline(settings, path, what, kwargs, dtype, device)
     except BaseException:
@@ -199,16 +203,27 @@ class Siblings:
     """Pipelines this process holds on its GPUs, by checkpoint and memory settings. Under `--gpus 0,1` every GPU
     loads the stage's model; the first reads the checkpoint and the others wait for it and copy its weights GPU to
     GPU (`clone_pipeline`), instead of reading it again one after another (checkpoint reads are serialised).
-    Only weak references are kept: a pipeline released by its backend is gone from here too."""
+    Only weak references are kept: a pipeline released by its backend is gone from here too.
+
+    Across worker processes (one per GPU) the same happens through the parent: a follower `expect`s the leader's
+    offers before its loads start; the leader's `offers` are its pipelines' weights as CUDA IPC handles
+    (`portable`, pickled by torch's reductions), which the parent hands to the follower's `adopt`. Until then a
+    follower's load of a pipeline waits; one not offered it loads itself."""
+
+    wait_for_offers_s = 600.0  # a follower never waits longer for the leader's offers: it loads itself then
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._held: dict[tuple[Any, ...], dict[str, Any]] = {}  # key -> device -> weakref to its pipeline
         self._loading: dict[tuple[Any, ...], str] = {}  # key -> the device whose load is under way
+        self._offered: dict[tuple[Any, ...], dict[str, Any]] = {}  # key -> another process's pipeline (`portable`)
+        self._expecting = 0.0  # while set (the monotonic deadline), loads wait for another process's offers
+        self.copied_from_peers = 0  # pipelines copied from another process's GPU
 
     def claim(self, key: tuple[Any, ...], device: str) -> Any:
-        """A pipeline of `key` on another device to copy (waiting for a load of it under way), or None: the caller
-        loads it (and then says `loaded` or `failed`)."""
+        """A pipeline of `key` on another device to copy (waiting for a load of it under way, or for another
+        process's offers), as a pipeline or as `portable` parts; or None: the caller loads it (and then says
+        `loaded` or `failed`)."""
         with self._lock:
             while True:
                 held = {other: ref for other, ref in self._held.get(key, {}).items() if ref() is not None}  # released ones go
@@ -217,10 +232,70 @@ class Siblings:
                     pipe = ref()
                     if other != device and pipe is not None:
                         return pipe
+                if key in self._offered:
+                    self.copied_from_peers += 1
+                    return self._offered.pop(key)
+                if self._expecting and time.monotonic() < self._expecting:
+                    self._lock.wait(max(0.0, self._expecting - time.monotonic()))
+                    continue
+                if self._expecting:
+                    log.warning("no offer from the leading worker process in %.0f s: loading the model here", self.wait_for_offers_s)
+                    self._expecting = 0.0
                 if self._loading.get(key) in (None, device):  # nobody else is loading it: this device does
                     self._loading[key] = device
                     return None
                 self._lock.wait()
+
+    def expect(self) -> None:
+        """Loads from now on wait for another process's offers (`adopt`) before reading a checkpoint."""
+        with self._lock:
+            self._expecting = time.monotonic() + self.wait_for_offers_s
+
+    def adopt(self, offers: list[tuple[tuple[Any, ...], bytes]]) -> int:
+        """Take another process's offers (key, pickled `portable`): the waiting loads copy them. Opens their CUDA IPC
+        handles here (this process's context on the other GPU is made then). How many were taken."""
+        from multiprocessing.reduction import ForkingPickler
+
+        with LOAD_LOCK:  # not beside another thread's first import of torch
+            import torch.multiprocessing  # noqa: F401 - torch's tensor reductions, for the handles
+
+        taken = {}
+        for key, payload in offers:
+            try:
+                taken[tuple(key)] = ForkingPickler.loads(payload)
+            except Exception as error:  # noqa: BLE001 - that model is loaded from its checkpoint instead
+                log.warning("could not open the weights offered by the leading worker process (%s: %s); loading them here",
+                            type(error).__name__, error)
+        with self._lock:
+            self._offered.update(taken)
+            self._expecting = 0.0
+            self._lock.notify_all()
+        return len(taken)
+
+    def offers(self, done: Callable[[], bool], timeout: float = 600.0) -> list[tuple[tuple[Any, ...], bytes]]:
+        """This process's pipelines as offers for `adopt` (their weights' CUDA IPC handles), once one is loaded or
+        `done()` says no load is under way any more."""
+        from multiprocessing.reduction import ForkingPickler
+
+        with LOAD_LOCK:  # not beside another thread's first import of torch
+            import torch.multiprocessing  # noqa: F401 - registers the CUDA tensor reductions (IPC handles, not bytes)
+
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                pipes = [(key, ref()) for key, held in self._held.items() for ref in held.values()]
+                pipes = [(key, pipe) for key, pipe in pipes if pipe is not None]
+                if pipes or done() or time.monotonic() > deadline:
+                    break
+                self._lock.wait(0.02)
+        return [(key, bytes(ForkingPickler.dumps(portable(pipe)))) for key, pipe in pipes]
+
+    def forget_offers(self) -> None:
+        """Drop offers no load took (their handles keep the other GPU's memory)."""
+        with self._lock:
+            self._offered.clear()
+            self._expecting = 0.0
+            self._lock.notify_all()
 
     def loaded(self, key: tuple[Any, ...], device: str, pipe: Any) -> None:
         with self._lock:
@@ -240,10 +315,30 @@ SIBLINGS = Siblings()
 
 
 def clone_pipeline(pipe: Any, device: str, settings: dict[str, Any], dtype: Any) -> Any:
-    """A copy of loaded pipeline `pipe` on `device`, without reading the checkpoint: each model is built empty from
-    its config and given copies of `pipe`'s weights made straight from its GPU (peer to peer where the GPUs allow;
-    tied weights stay tied, fp8 storage stays fp8), then the memory settings are applied as a load applies them.
-    Tokenizers and the scheduler are copied (they keep state)."""
+    """A copy of loaded pipeline `pipe` on `device`, without reading the checkpoint (`assemble` of its `portable`
+    parts)."""
+    return assemble(portable(pipe), device, settings, dtype)
+
+
+def portable(pipe: Any) -> dict[str, Any]:
+    """What `assemble` rebuilds `pipe` from: its class, and per component either (model class, config, weights by
+    name, tied weights as one object) or the object itself (tokenizers, scheduler). Pickled with torch's reductions,
+    GPU weights travel to another process as CUDA IPC handles."""
+    torch = _torch()
+    parts: dict[str, Any] = {}
+    for name, part in pipe.components.items():
+        if isinstance(part, torch.nn.Module):
+            parts[name] = ("model", type(part), part.config, part.state_dict(keep_vars=True))
+        else:
+            parts[name] = ("object", part)
+    return {"class": type(pipe), "parts": parts}
+
+
+def assemble(source: dict[str, Any], device: str, settings: dict[str, Any], dtype: Any) -> Any:
+    """A pipeline on `device` from `portable` parts: each model is built empty from its config and given copies of
+    the weights made straight from their GPU (peer to peer where the GPUs allow; tied weights stay tied, fp8 storage
+    stays fp8), then the memory settings are applied as a load applies them. Tokenizers and the scheduler are copied
+    (they keep state)."""
     import copy
 
     from accelerate import init_empty_weights
@@ -252,25 +347,27 @@ def clone_pipeline(pipe: Any, device: str, settings: dict[str, Any], dtype: Any)
     dev = torch.device(device)
     copies: dict[int, Any] = {}
     parts: dict[str, Any] = {}
-    for name, part in pipe.components.items():
-        if not isinstance(part, torch.nn.Module):
-            parts[name] = copy.deepcopy(part)
+    for name, part in source["parts"].items():
+        if part[0] == "object":
+            parts[name] = copy.deepcopy(part[1])
             continue
+        _, cls, config, weights = part
         with init_empty_weights():
-            model = type(part)._from_config(part.config) if hasattr(part, "_from_config") else type(part).from_config(part.config)
+            model = cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
         state = {}
-        for key, tensor in part.state_dict(keep_vars=True).items():
+        for key, tensor in weights.items():
             if id(tensor) not in copies:  # a Parameter is assigned as given: tied weights stay one Parameter
                 moved = tensor.detach().to(dev, non_blocking=True, copy=True)
                 copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else moved
             state[key] = copies[id(tensor)]
         model.load_state_dict(state, strict=True, assign=True)
         parts[name] = model.to(dev).eval()  # buffers kept outside the state dict follow
-    twin = type(pipe)(**parts)
+    twin = source["class"](**parts)
     memory_settings(twin, settings, dtype)
     twin.set_progress_bar_config(disable=True)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    for used in {dev} | {t.device for part in source["parts"].values() if part[0] == "model" for t in part[3].values()}:
+        if used.type == "cuda":  # the copies have ended on both sides: the source may go
+            torch.cuda.synchronize(used)
     return twin
 
 
