@@ -422,7 +422,8 @@ class StageWorker:
     def release(self, capabilities: tuple[str, ...] | None = None) -> None:
         from .backends.hf_common import SIBLINGS
 
-        SIBLINGS.forget_offers()
+        if capabilities is None:  # the stage's end (not the planners' release while the first stage loads ahead)
+            SIBLINGS.forget_offers()
         self.pool.release(capabilities)
 
     def loads(self) -> dict[str, int]:

@@ -122,26 +122,29 @@ def test_worker_processes_copy_the_leaders_weights_and_draw_the_same(tmp_path: P
     import numpy as np
     from PIL import Image
 
+    from storyboard.batch import run_batch
     from storyboard.distribute import GPUProcesses
-    from storyboard.pipeline import create_run, run_stages
     from storyboard.profiles import resolve_config
 
     from helpers import PeerSharingWorker
 
     image = {"backend": "diffusers", "model": str(flux_path), "device": "cpu", "edit": "img2img", "presets": {"draft": {"steps": 2, "long_side": None}}}
     config = {**resolve_config("offline", {"image": image}), "load_ahead": "on"}
-    roots = [create_run("A cat who wants to be a judge", "explainer5", config, tmp_path / name) for name in ("plain", "shared")]
-    assert run_stages(roots[0], config, stages=("visual",)).status == "ok"
+    profile = tmp_path / "flux.yaml"
+    profile.write_text(json.dumps(config))
+    ideas = tmp_path / "ideas.txt"
+    ideas.write_text("A cat who wants to be a judge\n")
+    assert run_batch(ideas, tmp_path / "plain", format_name="explainer5", profile=str(profile), stages=("visual",))["status"] == "ok"
     workers = GPUProcesses(config, ["cpu", "cpu"], worker=PeerSharingWorker, share=True)  # type: ignore[arg-type]
-    try:
-        workers.load_ahead("visual")
-        assert run_stages(roots[1], config, stages=("visual",), workers=workers).status == "ok"
+    try:  # the batch loads the image model ahead while the processes write the plan, then frees the planners
+        summary = run_batch(ideas, tmp_path / "shared", format_name="explainer5", profile=str(profile), stages=("visual",), workers=workers)
+        assert summary["status"] == "ok", summary["failed"]
         assert [child.call("peer_copies") for child in workers._children] == [0, 1]  # the second process copied
-        assert workers.loads()["image"] == 2
-        figures = workers.figures()["image"]
-        assert set(figures) == {"cpu#0", "cpu#1"} and all(row["beats"] > 0 for row in figures.values())
+        assert summary["loads"]["image"] == 2
+        assert set(summary["workers"]["image"]) == {"cpu#0", "cpu#1"} and all(row["beats"] > 0 for row in summary["workers"]["image"].values())
     finally:
         workers.close()
+    roots = [next((tmp_path / name).iterdir()) for name in ("plain", "shared")]
 
     def images(root: Path) -> dict[str, np.ndarray]:
         artifacts = json.loads((root / "run.json").read_text())["artifacts"]
